@@ -1,0 +1,68 @@
+# goplugin: the two commands are `make demo` and `make test` (see README.md).
+# Everything builds with one cargo profile (release): grpcio's C++ core is
+# compiled once per profile, and a second profile would cost another ~10 min.
+
+SHELL := /bin/sh
+CARGO ?= cargo
+CARGO_FLAGS := --release --locked
+BUILD := .build
+HOSTS := $(BUILD)/go-hosts
+VENV := $(BUILD)/venv
+PYGEN := $(BUILD)/python-kv
+TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+KV_PLUGIN_BIN := $(if $(TARGET_DIR),$(TARGET_DIR),target)/release/kv-plugin
+
+.PHONY: demo test deps hosts python-ref build lint doc clean
+
+## demo: install what is missing, build, and run kv put/get through the current go-plugin host
+demo: deps hosts
+	$(CARGO) build $(CARGO_FLAGS) --bin kv-plugin
+	@dir=$$(mktemp -d) && cd "$$dir" && \
+	echo "== in $$dir, host = go-plugin $$(sed -n 's/.*hashicorp\/go-plugin \(v[0-9.]*\).*/\1/p' $(CURDIR)/tests/fixtures/go-host/go.mod), plugin = $(KV_PLUGIN_BIN)" && \
+	echo '$$ kv put hello world' && \
+	KV_PLUGIN="$(abspath $(KV_PLUGIN_BIN))" $(CURDIR)/$(HOSTS)/kv-host-current put hello world 2>host.log && \
+	echo '$$ kv get hello' && \
+	KV_PLUGIN="$(abspath $(KV_PLUGIN_BIN))" $(CURDIR)/$(HOSTS)/kv-host-current get hello 2>>host.log && \
+	echo "$$ cat kv_hello" && cat kv_hello && echo && \
+	echo '$$ kv get missing   (a missing key is NOT_FOUND)' && \
+	{ KV_PLUGIN="$(abspath $(KV_PLUGIN_BIN))" $(CURDIR)/$(HOSTS)/kv-host-current get missing 2>>host.log || true; } && \
+	echo "== the host's log of these calls: $$dir/host.log"
+
+## test: install what is missing, then fmt, clippy, rustdoc and every test
+test: deps hosts python-ref lint doc
+	$(CARGO) test $(CARGO_FLAGS) --all-targets
+	$(CARGO) test $(CARGO_FLAGS) --doc
+
+deps:
+	@.ci/install-deps
+
+hosts: $(HOSTS)/kv-host-current $(HOSTS)/kv-host-101
+
+$(HOSTS)/kv-host-current $(HOSTS)/kv-host-101: tests/fixtures/go-host/main.go tests/fixtures/go-host/go.mod tests/fixtures/go-host/go.sum tests/fixtures/go-host/build.sh proto/kv/kv.proto
+	tests/fixtures/go-host/build.sh $(HOSTS)
+
+python-ref: $(PYGEN)/kv_pb2.py
+
+$(VENV)/stamp: tests/fixtures/python-kv/requirements.txt
+	/usr/bin/python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r tests/fixtures/python-kv/requirements.txt
+	touch $@
+
+$(PYGEN)/kv_pb2.py: $(VENV)/stamp proto/kv/kv.proto proto/plugin/grpc_controller.proto
+	mkdir -p $(PYGEN)
+	$(VENV)/bin/python -m grpc_tools.protoc -I proto/kv -I proto/plugin \
+		--python_out=$(PYGEN) --grpc_python_out=$(PYGEN) kv.proto grpc_controller.proto
+
+build:
+	$(CARGO) build $(CARGO_FLAGS) --all-targets
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy $(CARGO_FLAGS) --all-targets -- -D warnings
+
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc $(CARGO_FLAGS) --no-deps
+
+clean:
+	rm -rf $(BUILD)
+	$(CARGO) clean

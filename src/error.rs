@@ -1,0 +1,92 @@
+//! The crate's error type.
+
+use std::io;
+
+/// Everything that can stop a plugin from starting or serving.
+///
+/// Messages name the environment variable and the value at fault, so the
+/// person reading them knows what to change. The wrapped [`grpcio::Error`]
+/// belongs to grpcio 0.x and is not covered by this crate's semver promise.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The magic cookie environment variable is missing or has another
+    /// value: the binary was not started by its go-plugin host.
+    ///
+    /// The message is go-plugin's own text, so users recognise it.
+    #[error(
+        "This binary is a plugin. These are not meant to be executed directly.\n\
+         Please execute the program that consumes these plugins, which will\n\
+         load any plugins automatically"
+    )]
+    NotLaunchedByHost {
+        /// The name of the cookie variable that was checked.
+        cookie_key: String,
+    },
+
+    /// The plugin's own [`HandshakeConfig`](crate::HandshakeConfig) is unusable.
+    #[error("misconfigured handshake: {reason}")]
+    InvalidHandshakeConfig {
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+
+    /// An environment variable set by the host has a value the plugin cannot use.
+    #[error("{var}={value:?}: {reason}")]
+    InvalidEnv {
+        /// The variable's name, e.g. `PLUGIN_MIN_PORT`.
+        var: &'static str,
+        /// The value found.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// No port in `PLUGIN_MIN_PORT..=PLUGIN_MAX_PORT` could be bound on 127.0.0.1.
+    #[error(
+        "couldn't bind plugin TCP listener: no free port on 127.0.0.1 in {min}..={max} \
+         (PLUGIN_MIN_PORT={min}, PLUGIN_MAX_PORT={max}); widen the host's port range \
+         or free a port in it"
+    )]
+    NoPortAvailable {
+        /// First port tried.
+        min: u16,
+        /// Last port tried.
+        max: u16,
+    },
+
+    /// The host asked for a go-plugin feature this version of the crate does
+    /// not implement.
+    #[error("{feature} is not supported by this plugin: {hint}")]
+    Unsupported {
+        /// The feature and the variable that asked for it.
+        feature: &'static str,
+        /// What the host's operator can do instead.
+        hint: &'static str,
+    },
+
+    /// [`logging::init`](crate::logging::init) found another logger installed.
+    #[error(
+        "a logger is already installed; call goplugin::logging::init once, before any other logger"
+    )]
+    LoggerAlreadySet,
+
+    /// gRPC failed to build or start the server.
+    #[error("gRPC server error: {0}")]
+    Grpc(grpcio::Error),
+
+    /// Writing the handshake line failed (for example, stdout is closed).
+    #[error("cannot write the handshake line: {0}")]
+    Handshake(io::Error),
+}
+
+// The wrapped errors are written into the messages above, so they are not
+// also returned from `source()`: error reporters would print them twice.
+impl From<grpcio::Error> for Error {
+    fn from(err: grpcio::Error) -> Self {
+        Error::Grpc(err)
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

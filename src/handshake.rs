@@ -1,0 +1,261 @@
+//! The handshake: the plugin's half of go-plugin's start-up contract.
+//!
+//! A host starts the plugin with a magic cookie and the app protocol versions
+//! it speaks in the environment, then reads exactly one line from the
+//! plugin's stdout:
+//!
+//! ```text
+//! CORE|APP|NETWORK|ADDRESS|PROTOCOL[|SERVERCERT[|MUX]]
+//! 1|1|tcp|127.0.0.1:10000|grpc
+//! ```
+//!
+//! [`HandshakeLine`] is the only code that writes that line. Mirrors
+//! go-plugin's `server.go` (`Serve`, `protocolVersion`).
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// go-plugin's core protocol version: field 1 of every handshake line.
+///
+/// A host refuses any other value ("incompatible core API version").
+pub const CORE_PROTOCOL_VERSION: u32 = 1;
+
+/// What the plugin and its host agree on at compile time, as go-plugin's
+/// `plugin.HandshakeConfig`.
+///
+/// Declare it as a `const` next to the service definition; the host uses
+/// the same three values.
+///
+/// ```
+/// use goplugin::HandshakeConfig;
+///
+/// /// go-plugin's KV example.
+/// const HANDSHAKE: HandshakeConfig = HandshakeConfig {
+///     protocol_version: 1,
+///     magic_cookie_key: "BASIC_PLUGIN",
+///     magic_cookie_value: "hello",
+/// };
+/// # let _ = HANDSHAKE;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeConfig {
+    /// The application protocol version the plugin's services implement
+    /// (field 2 of the handshake line). Services added with
+    /// [`PluginServerBuilder::service`](crate::PluginServerBuilder::service)
+    /// serve this version.
+    pub protocol_version: u32,
+    /// Name of the environment variable the host sets to prove it started
+    /// the plugin.
+    pub magic_cookie_key: &'static str,
+    /// The value the host puts in `magic_cookie_key`.
+    pub magic_cookie_value: &'static str,
+}
+
+/// How the host reaches the plugin (field 3 of the handshake line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// A TCP address such as `127.0.0.1:10000`.
+    Tcp,
+    /// A unix socket path.
+    Unix,
+}
+
+impl Network {
+    /// The word go-plugin uses for this network: `tcp` or `unix`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Network::Tcp => "tcp",
+            Network::Unix => "unix",
+        }
+    }
+}
+
+/// The single line a plugin prints on stdout once it is listening.
+///
+/// Its [`Display`](fmt::Display) output is the exact line, without the
+/// trailing newline.
+///
+/// The optional fields follow go-plugin's compatibility rules:
+/// - field 6 (the server certificate) is written only when the host sent
+///   `PLUGIN_CLIENT_CERT`: a host that did not ask for TLS panics on a
+///   certificate;
+/// - field 7 (multiplexing) is written only when the host set
+///   `PLUGIN_MULTIPLEX_GRPC`: go-plugin 1.0.1 splits the line into at most
+///   six fields and would glue a seventh onto the certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeLine {
+    /// Negotiated app protocol version (field 2).
+    pub app_protocol_version: u32,
+    /// Network of the listener (field 3).
+    pub network: Network,
+    /// Address of the listener: `host:port` or a socket path (field 4).
+    pub address: String,
+    /// Base64 (standard alphabet, no padding) DER of the plugin's TLS
+    /// certificate (field 6), only under AutoMTLS.
+    pub server_cert: Option<String>,
+    /// Whether the plugin multiplexes brokered connections (field 7), only
+    /// when the host asked with `PLUGIN_MULTIPLEX_GRPC`.
+    pub multiplex: Option<bool>,
+}
+
+impl fmt::Display for HandshakeLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{CORE_PROTOCOL_VERSION}|{}|{}|{}|grpc",
+            self.app_protocol_version,
+            self.network.as_str(),
+            self.address
+        )?;
+        if self.server_cert.is_some() || self.multiplex.is_some() {
+            write!(f, "|{}", self.server_cert.as_deref().unwrap_or(""))?;
+        }
+        if let Some(multiplex) = self.multiplex {
+            write!(f, "|{multiplex}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The app protocol versions a host offered in `PLUGIN_PROTOCOL_VERSIONS`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostVersions {
+    /// Versions that parsed, in the host's order.
+    pub versions: Vec<u32>,
+    /// Entries that are not versions; go-plugin skips them with a warning.
+    pub invalid: Vec<String>,
+}
+
+impl HostVersions {
+    /// Parses the value of `PLUGIN_PROTOCOL_VERSIONS`: versions joined by
+    /// `,`. Whitespace around an entry is tolerated; empty entries are
+    /// ignored; anything else that is not a number is kept in
+    /// [`invalid`](Self::invalid).
+    pub fn parse(value: &str) -> HostVersions {
+        let mut parsed = HostVersions::default();
+        for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            match entry.parse::<u32>() {
+                Ok(v) => parsed.versions.push(v),
+                Err(_) => parsed.invalid.push(entry.to_string()),
+            }
+        }
+        parsed
+    }
+}
+
+/// Picks the app protocol version to serve, as go-plugin's `Serve` does.
+///
+/// Returns the highest version in both sets. Without a common version (or
+/// without any host versions) it returns the plugin's lowest version, so
+/// that the host can report the mismatch itself ("incompatible API version
+/// with plugin"). Returns `None` only when `plugin` is empty.
+pub fn negotiate_version(plugin: &BTreeSet<u32>, host: &[u32]) -> Option<u32> {
+    plugin
+        .iter()
+        .rev()
+        .find(|v| host.contains(v))
+        .or_else(|| plugin.first())
+        .copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(network: Network, address: &str) -> HandshakeLine {
+        HandshakeLine {
+            app_protocol_version: 1,
+            network,
+            address: address.to_string(),
+            server_cert: None,
+            multiplex: None,
+        }
+    }
+
+    #[test]
+    fn handshake_line_fields() {
+        let cases: &[(HandshakeLine, &str)] = &[
+            (
+                line(Network::Tcp, "127.0.0.1:1234"),
+                "1|1|tcp|127.0.0.1:1234|grpc",
+            ),
+            (
+                line(Network::Unix, "/tmp/plugin42"),
+                "1|1|unix|/tmp/plugin42|grpc",
+            ),
+            (
+                HandshakeLine {
+                    app_protocol_version: 7,
+                    ..line(Network::Tcp, "127.0.0.1:9")
+                },
+                "1|7|tcp|127.0.0.1:9|grpc",
+            ),
+            (
+                HandshakeLine {
+                    server_cert: Some("MIIB".into()),
+                    ..line(Network::Tcp, "127.0.0.1:9")
+                },
+                "1|1|tcp|127.0.0.1:9|grpc|MIIB",
+            ),
+            (
+                HandshakeLine {
+                    multiplex: Some(false),
+                    ..line(Network::Tcp, "127.0.0.1:9")
+                },
+                "1|1|tcp|127.0.0.1:9|grpc||false",
+            ),
+            (
+                HandshakeLine {
+                    server_cert: Some("MIIB".into()),
+                    multiplex: Some(true),
+                    ..line(Network::Unix, "/s")
+                },
+                "1|1|unix|/s|grpc|MIIB|true",
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(line.to_string(), *want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn host_versions_parse() {
+        let cases: &[(&str, &[u32], &[&str])] = &[
+            ("1", &[1], &[]),
+            ("1,2,3", &[1, 2, 3], &[]),
+            ("3,1,2", &[3, 1, 2], &[]),
+            ("", &[], &[]),
+            ("1,,2", &[1, 2], &[]),
+            (" 2 , 4", &[2, 4], &[]),
+            ("1,x,2", &[1, 2], &["x"]),
+            ("-1,2", &[2], &["-1"]),
+            ("1.5,99999999999", &[], &["1.5", "99999999999"]),
+        ];
+        for (value, versions, invalid) in cases {
+            let parsed = HostVersions::parse(value);
+            assert_eq!(parsed.versions, *versions, "{value:?}");
+            assert_eq!(parsed.invalid, *invalid, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn negotiation() {
+        let cases: &[(&[u32], &[u32], Option<u32>)] = &[
+            (&[1], &[1], Some(1)),
+            (&[1, 2, 3], &[2, 1], Some(2)),
+            (&[1, 2, 3], &[3, 1, 2], Some(3)),
+            (&[1, 2], &[5, 6], Some(1)),
+            (&[4, 2], &[], Some(2)),
+            (&[2, 5], &[1, 5, 2], Some(5)),
+            (&[], &[1], None),
+        ];
+        for (plugin, host, want) in cases {
+            let plugin: BTreeSet<u32> = plugin.iter().copied().collect();
+            assert_eq!(
+                negotiate_version(&plugin, host),
+                *want,
+                "plugin {plugin:?} host {host:?}"
+            );
+        }
+    }
+}

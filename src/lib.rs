@@ -1,0 +1,116 @@
+//! Write [HashiCorp go-plugin](https://github.com/hashicorp/go-plugin)
+//! plugins in Rust, with a blocking API on [`grpcio`] (gRPC C-core) and no
+//! async runtime.
+//!
+//! A go-plugin host (Terraform, Vault, Packer, Nomad, or any Go program
+//! using go-plugin) starts a plugin as a child process, reads one handshake
+//! line from its stdout and then talks gRPC to it. This crate is the plugin
+//! side of that contract.
+//!
+//! # How it works
+//!
+//! 1. The host starts the plugin with a magic cookie, the app protocol
+//!    versions it speaks and a port range in the environment (see the table
+//!    below).
+//! 2. [`PluginServerBuilder::build`] checks the cookie, picks the highest
+//!    app protocol version both sides speak, binds 127.0.0.1 within the port
+//!    range, and registers your services next to the protocol's own:
+//!    `grpc.health.v1.Health` with `"plugin"` SERVING (what the host's
+//!    `Ping()` checks) and `plugin.GRPCController` (what its `Kill()` calls).
+//! 3. [`PluginServer::serve`] starts the server, prints the handshake line
+//!    `1|APP|tcp|127.0.0.1:PORT|grpc` on stdout (nothing else is ever written
+//!    there), flushes it, and blocks.
+//! 4. The host calls your services. When it is done, `Kill()` calls
+//!    `GRPCController/Shutdown`: the plugin answers, stops, and `serve`
+//!    returns, long before the host's 2 s deadline.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use goplugin::grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
+//! use goplugin::proto::kv::{create_kv, Empty, GetRequest, GetResponse, Kv, PutRequest};
+//! use goplugin::{BlockingPool, HandshakeConfig};
+//!
+//! const HANDSHAKE: HandshakeConfig = HandshakeConfig {
+//!     protocol_version: 1,
+//!     magic_cookie_key: "BASIC_PLUGIN",
+//!     magic_cookie_value: "hello",
+//! };
+//!
+//! #[derive(Clone)]
+//! struct Store {
+//!     pool: BlockingPool,
+//! }
+//!
+//! impl Kv for Store {
+//!     fn get(&mut self, _: RpcContext, req: GetRequest, sink: UnarySink<GetResponse>) {
+//!         self.pool.unary(sink, move || {
+//!             let value = std::fs::read(format!("kv_{}", req.key))
+//!                 .map_err(|e| RpcStatus::with_message(RpcStatusCode::NOT_FOUND, e.to_string()))?;
+//!             let mut resp = GetResponse::new();
+//!             resp.set_value(value);
+//!             Ok(resp)
+//!         });
+//!     }
+//!
+//!     fn put(&mut self, _: RpcContext, req: PutRequest, sink: UnarySink<Empty>) {
+//!         self.pool.unary(sink, move || {
+//!             std::fs::write(format!("kv_{}", req.key), &req.value)
+//!                 .map_err(|e| RpcStatus::with_message(RpcStatusCode::INTERNAL, e.to_string()))?;
+//!             Ok(Empty::new())
+//!         });
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), goplugin::Error> {
+//!     goplugin::logging::init(log::LevelFilter::Info)?;
+//!     goplugin::serve(HANDSHAKE, create_kv(Store { pool: BlockingPool::new(8) }))
+//! }
+//! ```
+//!
+//! Handlers run on gRPC's completion-queue thread, and a host uses a single
+//! connection: code that blocks belongs on a [`BlockingPool`], or every
+//! other call of the host waits for it.
+//!
+//! # The environment
+//!
+//! | variable | set by the host | what the plugin does |
+//! |---|---|---|
+//! | magic cookie (`HandshakeConfig::magic_cookie_key`) | always | missing or wrong: [`Error::NotLaunchedByHost`], go-plugin's "This binary is a plugin" message |
+//! | [`PLUGIN_PROTOCOL_VERSIONS`](env::PLUGIN_PROTOCOL_VERSIONS) | always, e.g. `1,2` | serves the highest common version; bad entries are skipped with a warning; no common version: advertises its lowest, so the host reports the mismatch |
+//! | [`PLUGIN_MIN_PORT`](env::PLUGIN_MIN_PORT), [`PLUGIN_MAX_PORT`](env::PLUGIN_MAX_PORT) | always (host default 10000–25000) | binds the first free port of the range on 127.0.0.1; unset: any port; unparsable or min > max: [`Error::InvalidEnv`] |
+//! | [`PLUGIN_CLIENT_CERT`](env::PLUGIN_CLIENT_CERT) | AutoMTLS hosts | not supported yet: [`Error::Unsupported`] at start, rather than a server every TLS handshake fails against |
+//! | [`PLUGIN_MULTIPLEX_GRPC`](env::PLUGIN_MULTIPLEX_GRPC) | hosts with `GRPCBrokerMultiplex` | handshake field 7 is `false`, so the host says multiplexing is unsupported |
+//!
+//! # Rules this crate keeps
+//!
+//! - stdout carries exactly one line, the handshake, written after the
+//!   server listens and flushed; logs go to stderr ([`logging`]).
+//! - A closed stdout or stderr never panics the plugin.
+//! - SIGINT is ignored while serving, as go-plugin plugins do: the host
+//!   owns shutdown.
+//! - The library returns errors and never exits the process; the binary
+//!   decides.
+
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations)]
+
+mod blocking;
+mod controller;
+pub mod env;
+mod error;
+pub mod handshake;
+mod health;
+mod listener;
+pub mod logging;
+pub mod proto;
+mod server;
+
+pub use blocking::BlockingPool;
+pub use env::PluginEnv;
+pub use error::{Error, Result};
+pub use grpcio;
+pub use handshake::{CORE_PROTOCOL_VERSION, HandshakeConfig, HandshakeLine, Network};
+pub use health::HEALTH_SERVICE_NAME;
+pub use listener::Listener;
+pub use server::{PluginServer, PluginServerBuilder, ShutdownHandle, serve};

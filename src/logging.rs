@@ -1,0 +1,212 @@
+//! Logs for the host: hclog JSON lines on stderr.
+//!
+//! A go-plugin host reads its plugin's stderr line by line. A line that is a
+//! JSON object with `@level`, `@message` and `@timestamp` is re-logged by the
+//! host at that level (`[INFO]  plugin.sh: message`); anything else lands
+//! at DEBUG. [`init`] installs a [`log`] backend that writes exactly such
+//! lines, and routes gRPC core's own messages through it. It is opt-in: a
+//! library never installs a global logger by itself.
+//!
+//! Mirrors go-hclog's JSON format (`intlogger.go`) and go-plugin's parser
+//! (`log_entry.go`): `@level` and `@message` are always strings, and
+//! `@timestamp` has exactly six fractional digits, or the host would drop
+//! the line's fields (or, for non-strings, panic).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+use crate::error::{Error, Result};
+
+/// Installs the hclog-JSON logger for the `log` crate at `level`.
+///
+/// ```no_run
+/// goplugin::logging::init(log::LevelFilter::Info)?;
+/// log::info!("ready");
+/// # Ok::<(), goplugin::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::LoggerAlreadySet`] when another logger was installed first.
+pub fn init(level: LevelFilter) -> Result<()> {
+    log::set_boxed_logger(Box::new(HclogLogger { level })).map_err(|_| Error::LoggerAlreadySet)?;
+    log::set_max_level(level);
+    grpcio::redirect_log();
+    Ok(())
+}
+
+struct HclogLogger {
+    level: LevelFilter,
+}
+
+impl Log for HclogLogger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if level_and_module(record).0 > self.level {
+            return;
+        }
+        let line = format_line(record, SystemTime::now());
+        // Logging never panics: a closed stderr loses the line, nothing else.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// `module_path` of the records grpcio makes from gRPC core's messages.
+const GRPC_CORE_MODULE: &str = "grpcio::log_util";
+
+/// The level and module a record is written with. gRPC core's own messages
+/// come without a target; they are put under module `grpc`, one level lower
+/// (core's INFO is start-up detail such as "grpc epoll fd: 3").
+fn level_and_module<'a>(record: &Record<'a>) -> (Level, &'a str) {
+    if record.module_path() == Some(GRPC_CORE_MODULE) {
+        let level = match record.level() {
+            Level::Info => Level::Debug,
+            Level::Debug => Level::Trace,
+            level => level,
+        };
+        (level, "grpc")
+    } else {
+        (record.level(), record.target())
+    }
+}
+
+/// One hclog JSON object and its newline.
+fn format_line(record: &Record<'_>, now: SystemTime) -> String {
+    let (level, module) = level_and_module(record);
+    let level = match level {
+        Level::Error => "error",
+        Level::Warn => "warn",
+        Level::Info => "info",
+        Level::Debug => "debug",
+        Level::Trace => "trace",
+    };
+    let mut line = String::with_capacity(128);
+    line.push_str("{\"@level\":\"");
+    line.push_str(level);
+    line.push_str("\",\"@message\":");
+    push_json_string(&mut line, &record.args().to_string());
+    line.push_str(",\"@module\":");
+    push_json_string(&mut line, module);
+    line.push_str(",\"@timestamp\":\"");
+    push_timestamp(&mut line, now);
+    line.push_str("\"}\n");
+    line
+}
+
+fn push_json_string(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `2006-01-02T15:04:05.000000Z` in UTC: the layout go-plugin parses.
+fn push_timestamp(out: &mut String, now: SystemTime) {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_micros()
+    );
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day), after
+/// Howard Hinnant's `civil_from_days`.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn line(level: Level, message: &str, at: SystemTime) -> String {
+        format_line(
+            &Record::builder()
+                .level(level)
+                .target("kv")
+                .args(format_args!("{message}"))
+                .build(),
+            at,
+        )
+    }
+
+    #[test]
+    fn timestamps_have_six_fractional_digits_in_utc() {
+        let cases: &[(u64, u32, &str)] = &[
+            (0, 0, "1970-01-01T00:00:00.000000Z"),
+            (951_782_400, 5, "2000-02-29T00:00:00.000005Z"),
+            (1_795_645_754, 123_456, "2026-11-25T22:29:14.123456Z"),
+            (4_102_444_799, 999_999, "2099-12-31T23:59:59.999999Z"),
+        ];
+        for (secs, micros, want) in cases {
+            let at =
+                UNIX_EPOCH + Duration::from_secs(*secs) + Duration::from_micros(u64::from(*micros));
+            let mut got = String::new();
+            push_timestamp(&mut got, at);
+            assert_eq!(got, *want);
+        }
+    }
+
+    #[test]
+    fn lines_are_hclog_json_objects() {
+        let at = UNIX_EPOCH + Duration::from_secs(1);
+        assert_eq!(
+            line(Level::Warn, "disk \"full\"\n\tretry \\ \u{1}", at),
+            "{\"@level\":\"warn\",\"@message\":\"disk \\\"full\\\"\\n\\tretry \\\\ \\u0001\",\
+             \"@module\":\"kv\",\"@timestamp\":\"1970-01-01T00:00:01.000000Z\"}\n"
+        );
+        let grpc = Record::builder()
+            .level(Level::Info)
+            .module_path_static(Some(GRPC_CORE_MODULE))
+            .args(format_args!("grpc epoll fd: 3"))
+            .build();
+        assert!(format_line(&grpc, at).starts_with(
+            "{\"@level\":\"debug\",\"@message\":\"grpc epoll fd: 3\",\"@module\":\"grpc\""
+        ));
+        for (level, word) in [
+            (Level::Error, "error"),
+            (Level::Info, "info"),
+            (Level::Debug, "debug"),
+            (Level::Trace, "trace"),
+        ] {
+            assert!(line(level, "m", at).starts_with(&format!("{{\"@level\":\"{word}\"")));
+        }
+    }
+}

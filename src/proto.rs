@@ -1,0 +1,25 @@
+//! Protobuf messages and grpcio stubs generated from `proto/` by `build.rs`.
+//!
+//! - [`kv`]: go-plugin's KV example service (`/proto.KV/Get`, `/proto.KV/Put`),
+//!   used by the `kv-plugin` binary and handy for tests and hosts.
+//! - [`plugin`]: go-plugin's own protocol services (package `plugin`).
+
+#[allow(warnings, missing_docs, clippy::all)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/proto/mod.rs"));
+}
+
+/// go-plugin's KV example (`package proto`): messages, the [`Kv`](kv::Kv)
+/// service trait, [`create_kv`](kv::create_kv) and the [`KvClient`](kv::KvClient).
+pub mod kv {
+    pub use super::generated::kv::{Empty, GetRequest, GetResponse, PutRequest};
+    pub use super::generated::kv_grpc::{Kv, KvClient, create_kv};
+}
+
+/// go-plugin's protocol services (`package plugin`).
+pub mod plugin {
+    pub use super::generated::grpc_controller::Empty;
+    pub use super::generated::grpc_controller_grpc::{
+        GrpcController, GrpcControllerClient, create_grpc_controller,
+    };
+}

@@ -1,0 +1,424 @@
+//! The plugin's gRPC server: build, print the handshake, serve until the
+//! host says stop. Mirrors go-plugin's `server.go` (`Serve`) and
+//! `grpc_server.go`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::{self, Write};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+use grpcio::{ChannelBuilder, EnvBuilder, Environment, ServerBuilder};
+use grpcio_health::HealthService;
+
+use crate::env::PluginEnv;
+use crate::error::{Error, Result};
+use crate::handshake::{HandshakeConfig, HandshakeLine, negotiate_version};
+use crate::listener::{self, Listener};
+use crate::{controller, health};
+
+/// Serves `service` as a go-plugin plugin and blocks until the host shuts
+/// it down: the one call a plugin's `main` needs.
+///
+/// Shorthand for
+/// `PluginServer::builder(handshake).service(service).build()?.serve()`;
+/// see [`PluginServerBuilder`] for everything it does.
+///
+/// ```no_run
+/// use goplugin::HandshakeConfig;
+/// # fn create_my_service() -> goplugin::grpcio::Service { unimplemented!() }
+///
+/// const HANDSHAKE: HandshakeConfig = HandshakeConfig {
+///     protocol_version: 1,
+///     magic_cookie_key: "BASIC_PLUGIN",
+///     magic_cookie_value: "hello",
+/// };
+///
+/// fn main() -> Result<(), goplugin::Error> {
+///     goplugin::serve(HANDSHAKE, create_my_service())
+/// }
+/// ```
+pub fn serve(handshake: HandshakeConfig, service: grpcio::Service) -> Result<()> {
+    PluginServer::builder(handshake)
+        .service(service)
+        .build()?
+        .serve()
+}
+
+/// Configures a [`PluginServer`]. Made by [`PluginServer::builder`].
+///
+/// [`build`](Self::build) does every step that can fail, in go-plugin's
+/// order, and prints nothing:
+/// 1. checks the magic cookie (the binary was started by its host);
+/// 2. picks the app protocol version from `PLUGIN_PROTOCOL_VERSIONS`;
+/// 3. binds a listener (TCP on 127.0.0.1 within
+///    `PLUGIN_MIN_PORT..=PLUGIN_MAX_PORT`);
+/// 4. registers the negotiated version's services next to the protocol's
+///    own: health (`"plugin"` SERVING) and `plugin.GRPCController`.
+pub struct PluginServerBuilder {
+    handshake: HandshakeConfig,
+    services: BTreeMap<u32, Vec<grpcio::Service>>,
+    env: Option<PluginEnv>,
+    threads: usize,
+    output: Option<Box<dyn Write + Send>>,
+    ignore_sigint: bool,
+    shutdown_grace: Duration,
+}
+
+impl fmt::Debug for PluginServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginServerBuilder")
+            .field("handshake", &self.handshake)
+            .field("versions", &self.services.keys().collect::<Vec<_>>())
+            .field("env", &self.env)
+            .field("threads", &self.threads)
+            .field("ignore_sigint", &self.ignore_sigint)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginServerBuilder {
+    /// Adds a service for the handshake's `protocol_version`. Repeatable.
+    pub fn service(self, service: grpcio::Service) -> Self {
+        let version = self.handshake.protocol_version;
+        self.versioned_service(version, service)
+    }
+
+    /// Adds a service for app protocol `version`, like go-plugin's
+    /// `VersionedPlugins`. The plugin supports every version that has a
+    /// service; only the negotiated version's services are served.
+    pub fn versioned_service(mut self, version: u32, service: grpcio::Service) -> Self {
+        self.services.entry(version).or_default().push(service);
+        self
+    }
+
+    /// The environment to read instead of the process's (for tests and
+    /// embedding). Default: [`PluginEnv::from_process`].
+    pub fn env(mut self, env: PluginEnv) -> Self {
+        self.env = Some(env);
+        self
+    }
+
+    /// Number of gRPC completion-queue threads. Default: 1.
+    ///
+    /// A go-plugin host uses one connection, and grpcio runs all handlers of
+    /// a connection on one completion-queue thread, so more threads help
+    /// only with several connections. Run blocking handler code on a
+    /// [`BlockingPool`](crate::BlockingPool) instead.
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// Where [`PluginServer::serve`] writes the handshake line. Default:
+    /// stdout, which is what a host reads.
+    pub fn handshake_output(mut self, output: impl Write + Send + 'static) -> Self {
+        self.output = Some(Box::new(output));
+        self
+    }
+
+    /// Whether [`PluginServer::serve`] ignores SIGINT, as go-plugin's `Serve`
+    /// does: Ctrl-C reaches the whole process group, and the host decides
+    /// when its plugins stop. Default: true.
+    ///
+    /// The signal is caught by a handler that does nothing, so child
+    /// processes the plugin starts get the default disposition back.
+    pub fn ignore_sigint(mut self, ignore: bool) -> Self {
+        self.ignore_sigint = ignore;
+        self
+    }
+
+    /// How long a shutdown waits for calls in progress before cancelling
+    /// them. Default: 500 ms, well inside the 2 s a go-plugin host waits for
+    /// the process to exit before it kills it.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Checks the environment, binds the listener and registers the
+    /// services. Prints nothing.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidHandshakeConfig`]: the cookie key or value is empty;
+    /// - [`Error::NotLaunchedByHost`]: the magic cookie is missing or wrong;
+    /// - [`Error::InvalidEnv`]: `PLUGIN_MIN_PORT`/`PLUGIN_MAX_PORT` unusable;
+    /// - [`Error::NoPortAvailable`]: every port of the range is taken;
+    /// - [`Error::Unsupported`]: the host asked for AutoMTLS;
+    /// - [`Error::Grpc`]: gRPC could not build the server.
+    pub fn build(mut self) -> Result<PluginServer> {
+        let handshake = self.handshake;
+        if handshake.magic_cookie_key.is_empty() || handshake.magic_cookie_value.is_empty() {
+            return Err(Error::InvalidHandshakeConfig {
+                reason: "no magic cookie key or value was set; set both in the HandshakeConfig \
+                         (the host must use the same values)"
+                    .to_string(),
+            });
+        }
+        let env = self.env.take().unwrap_or_else(PluginEnv::from_process);
+        if env.get(handshake.magic_cookie_key) != Some(handshake.magic_cookie_value) {
+            return Err(Error::NotLaunchedByHost {
+                cookie_key: handshake.magic_cookie_key.to_string(),
+            });
+        }
+        if env.client_cert().is_some() {
+            return Err(Error::Unsupported {
+                feature: "AutoMTLS (PLUGIN_CLIENT_CERT is set)",
+                hint: "turn off AutoMTLS in the host's ClientConfig",
+            });
+        }
+
+        let version = self.negotiate(&env);
+        grpcio::redirect_log();
+        let grpc_env = Arc::new(
+            EnvBuilder::new()
+                .cq_count(self.threads)
+                .name_prefix("goplugin-grpc")
+                .build(),
+        );
+        // gRPC sets SO_REUSEPORT by default: then a "successful" bind could
+        // share a port with another process.
+        let args = ChannelBuilder::new(Arc::clone(&grpc_env))
+            .reuse_port(false)
+            .build_args();
+        let shutdown = ShutdownHandle::new();
+        let (health_service, health) = health::service();
+        let mut builder = ServerBuilder::new(Arc::clone(&grpc_env))
+            .channel_args(args)
+            .register_service(health_service)
+            .register_service(controller::service(shutdown.clone()));
+        for service in self.services.remove(&version).unwrap_or_default() {
+            builder = builder.register_service(service);
+        }
+        let mut server = builder.build()?;
+        let listener = listener::bind_tcp(&mut server, env.port_range()?)?;
+
+        let line = HandshakeLine {
+            app_protocol_version: version,
+            network: listener.network.clone(),
+            address: listener.address.clone(),
+            server_cert: None,
+            // Multiplexing is not implemented: say so, and the host reports
+            // it clearly instead of failing on its first brokered call.
+            multiplex: env.multiplex_grpc().then_some(false),
+        };
+        Ok(PluginServer {
+            server,
+            health,
+            listener,
+            line,
+            shutdown,
+            output: self.output.take().unwrap_or_else(|| Box::new(io::stdout())),
+            ignore_sigint: self.ignore_sigint,
+            shutdown_grace: self.shutdown_grace,
+            _grpc_env: grpc_env,
+        })
+    }
+
+    fn negotiate(&self, env: &PluginEnv) -> u32 {
+        let supported: BTreeSet<u32> = if self.services.is_empty() {
+            BTreeSet::from([self.handshake.protocol_version])
+        } else {
+            self.services.keys().copied().collect()
+        };
+        let offered = env.protocol_versions();
+        for entry in &offered.invalid {
+            log::warn!(
+                "server sent invalid plugin version {entry:?} in PLUGIN_PROTOCOL_VERSIONS; skipped"
+            );
+        }
+        let version = negotiate_version(&supported, &offered.versions)
+            .unwrap_or(self.handshake.protocol_version);
+        if offered.versions.is_empty() {
+            log::warn!(
+                "PLUGIN_PROTOCOL_VERSIONS names no version; advertising app protocol {version}"
+            );
+        } else if !offered.versions.contains(&version) {
+            log::warn!(
+                "no common app protocol version: host offers {:?}, plugin supports {:?}; \
+                 advertising {version} so the host reports the mismatch",
+                offered.versions,
+                supported
+            );
+        }
+        version
+    }
+}
+
+/// A plugin server that is bound and ready to announce itself.
+///
+/// Inspect it ([`handshake_line`](Self::handshake_line),
+/// [`listener`](Self::listener)), take a
+/// [`shutdown_handle`](Self::shutdown_handle), then [`serve`](Self::serve).
+///
+/// ```no_run
+/// use goplugin::{HandshakeConfig, PluginServer};
+/// # fn create_my_service() -> goplugin::grpcio::Service { unimplemented!() }
+///
+/// const HANDSHAKE: HandshakeConfig = HandshakeConfig {
+///     protocol_version: 1,
+///     magic_cookie_key: "BASIC_PLUGIN",
+///     magic_cookie_value: "hello",
+/// };
+///
+/// let server = PluginServer::builder(HANDSHAKE)
+///     .service(create_my_service())
+///     .threads(2)
+///     .build()?;
+/// eprintln!("listening on {}", server.listener().address);
+/// let stop = server.shutdown_handle();
+/// std::thread::spawn(move || {
+///     std::thread::sleep(std::time::Duration::from_secs(60));
+///     stop.shutdown();
+/// });
+/// server.serve()?;
+/// # Ok::<(), goplugin::Error>(())
+/// ```
+pub struct PluginServer {
+    server: grpcio::Server,
+    health: HealthService,
+    listener: Listener,
+    line: HandshakeLine,
+    shutdown: ShutdownHandle,
+    output: Box<dyn Write + Send>,
+    ignore_sigint: bool,
+    shutdown_grace: Duration,
+    _grpc_env: Arc<Environment>,
+}
+
+impl fmt::Debug for PluginServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginServer")
+            .field("listener", &self.listener)
+            .field("line", &self.line)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginServer {
+    /// Starts configuring a plugin server for `handshake`.
+    pub fn builder(handshake: HandshakeConfig) -> PluginServerBuilder {
+        PluginServerBuilder {
+            handshake,
+            services: BTreeMap::new(),
+            env: None,
+            threads: 1,
+            output: None,
+            ignore_sigint: true,
+            shutdown_grace: Duration::from_millis(500),
+        }
+    }
+
+    /// The line [`serve`](Self::serve) prints.
+    pub fn handshake_line(&self) -> &HandshakeLine {
+        &self.line
+    }
+
+    /// Where the server listens.
+    pub fn listener(&self) -> &Listener {
+        &self.listener
+    }
+
+    /// A handle that stops [`serve`](Self::serve) from any thread, as the
+    /// host's `Shutdown` call does.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Starts serving, prints the handshake line (then flushes it), and
+    /// blocks until the host calls `GRPCController/Shutdown` or a
+    /// [`ShutdownHandle`] is used. Returns once the server has stopped.
+    ///
+    /// # Errors
+    /// [`Error::Handshake`] when the line cannot be written, for example
+    /// because stdout is closed; the server is stopped again.
+    pub fn serve(mut self) -> Result<()> {
+        if self.ignore_sigint {
+            ignore_sigint();
+        }
+        self.server.start();
+        let line = format!("{}\n", self.line);
+        let written = self
+            .output
+            .write_all(line.as_bytes())
+            .and_then(|()| self.output.flush());
+        if let Err(err) = written {
+            self.stop();
+            return Err(Error::Handshake(err));
+        }
+        self.shutdown.wait();
+        self.stop();
+        Ok(())
+    }
+
+    /// Stops the server: no new calls, calls in progress get the grace
+    /// period, then whatever is left (streams included) is cancelled.
+    fn stop(&mut self) {
+        self.health.shutdown();
+        let shutdown = self.server.shutdown();
+        let (done, finished) = mpsc::channel();
+        let waiter = thread::Builder::new()
+            .name("goplugin-shutdown".into())
+            .spawn(move || {
+                let _ = futures::executor::block_on(shutdown);
+                let _ = done.send(());
+            });
+        if waiter.is_err() || finished.recv_timeout(self.shutdown_grace).is_err() {
+            self.server.cancel_all_calls();
+        }
+        // Once cancelled, gRPC completes the shutdown in about a millisecond.
+        let _ = finished.recv_timeout(Duration::from_secs(1));
+    }
+}
+
+/// Stops a [`PluginServer`]'s [`serve`](PluginServer::serve) from any
+/// thread. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct ShutdownHandle {
+    state: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl ShutdownHandle {
+    fn new() -> ShutdownHandle {
+        ShutdownHandle::default()
+    }
+
+    /// Asks the server to stop. Idempotent; returns at once.
+    pub fn shutdown(&self) {
+        let (requested, changed) = &*self.state;
+        *requested.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        changed.notify_all();
+    }
+
+    /// Whether a shutdown was asked for.
+    pub fn is_shutdown(&self) -> bool {
+        *self.state.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait(&self) {
+        let (requested, changed) = &*self.state;
+        let mut done = requested.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*done {
+            done = changed.wait(done).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Installs a SIGINT handler that does nothing (go-plugin's `Serve` catches
+/// and ignores the signal). A handler, unlike `SIG_IGN`, is reset to the
+/// default in child processes after `exec`.
+fn ignore_sigint() {
+    extern "C" fn on_sigint(_: libc::c_int) {}
+    // SAFETY: `sigaction` is given a zeroed, then fully initialised, struct
+    // and a handler that touches nothing, so it is async-signal-safe.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
+    }
+}

@@ -1,0 +1,10 @@
+//! goplugin's integration tests, in one test binary (each extra binary would
+//! link gRPC's C++ core again).
+//!
+//! Needs the go-plugin host fixtures and the Python reference, which
+//! `make test` builds (`make hosts python-ref` alone also works).
+
+mod library;
+mod matrix;
+mod plugin_cli;
+mod support;

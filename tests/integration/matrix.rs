@@ -1,0 +1,358 @@
+//! One scenario matrix through real go-plugin hosts: every scenario runs for
+//! {current go-plugin release, Debian's 1.0.1} × {Rust kv-plugin, Python
+//! reference}. Where the Rust plugin deliberately differs from the
+//! reference, the scenario states the expected difference.
+
+use std::fs;
+use std::net::{Ipv4Addr, TcpListener};
+use std::thread;
+use std::time::Duration;
+
+use crate::support::{Host, HostRun, Plugin, field, gone_within, tempdir};
+
+macro_rules! matrix {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use crate::support::{Host, Plugin};
+            #[test]
+            fn current_rust() {
+                super::$scenario(Host::Current, Plugin::Rust)
+            }
+            #[test]
+            fn current_python() {
+                super::$scenario(Host::Current, Plugin::Python)
+            }
+            #[test]
+            fn v101_rust() {
+                super::$scenario(Host::V101, Plugin::Rust)
+            }
+            #[test]
+            fn v101_python() {
+                super::$scenario(Host::V101, Plugin::Python)
+            }
+        }
+    )*};
+}
+
+matrix!(
+    roundtrip,
+    binary_values,
+    large_value,
+    empty_value,
+    overwrite,
+    unicode_key,
+    missing_key,
+    ping,
+    concurrent_hosts,
+    concurrent_calls,
+    kill,
+    wrong_cookie,
+    version_negotiation,
+    port_range,
+);
+
+fn with_trailer(plugin: Plugin, value: &[u8]) -> Vec<u8> {
+    [value, plugin.trailer()].concat()
+}
+
+/// Put `value` under `key` through the host, read it back through the host
+/// (files, so any byte survives), and check the file the plugin wrote.
+fn put_get_bytes(host: Host, plugin: Plugin, key: &str, value: &[u8]) {
+    let dir = tempdir();
+    let input = dir.path().join("value.in");
+    let output = dir.path().join("value.out");
+    fs::write(&input, value).unwrap();
+    HostRun::new(host, plugin, dir.path())
+        .run(&["put-file", key, input.to_str().unwrap()])
+        .assert_success();
+    HostRun::new(host, plugin, dir.path())
+        .run(&["get-file", key, output.to_str().unwrap()])
+        .assert_success();
+    let want = with_trailer(plugin, value);
+    let got = fs::read(&output).unwrap();
+    assert!(
+        got == want,
+        "value of {} bytes came back as {} bytes",
+        want.len(),
+        got.len()
+    );
+    assert!(
+        fs::read(dir.path().join(format!("kv_{key}"))).unwrap() == want,
+        "file content"
+    );
+}
+
+fn roundtrip(host: Host, plugin: Plugin) {
+    let dir = tempdir();
+    let put = HostRun::new(host, plugin, dir.path()).run(&["put", "hello", "world"]);
+    put.assert_success();
+    assert_eq!(put.stdout_str(), "", "put prints nothing");
+    let get = HostRun::new(host, plugin, dir.path()).run(&["get", "hello"]);
+    get.assert_success();
+    assert_eq!(
+        get.stdout,
+        [with_trailer(plugin, b"world"), b"\n".to_vec()].concat()
+    );
+    assert_eq!(
+        fs::read(dir.path().join("kv_hello")).unwrap(),
+        with_trailer(plugin, b"world")
+    );
+}
+
+fn binary_values(host: Host, plugin: Plugin) {
+    let value: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
+    put_get_bytes(host, plugin, "binary", &value);
+}
+
+fn large_value(host: Host, plugin: Plugin) {
+    // 1 MiB of varied bytes: well inside gRPC's default 4 MiB message limit.
+    let value: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    put_get_bytes(host, plugin, "large", &value);
+}
+
+fn empty_value(host: Host, plugin: Plugin) {
+    put_get_bytes(host, plugin, "empty", b"");
+}
+
+fn overwrite(host: Host, plugin: Plugin) {
+    let dir = tempdir();
+    HostRun::new(host, plugin, dir.path())
+        .run(&["put", "k", "a much longer first value"])
+        .assert_success();
+    HostRun::new(host, plugin, dir.path())
+        .run(&["put", "k", "short"])
+        .assert_success();
+    let get = HostRun::new(host, plugin, dir.path()).run(&["get", "k"]);
+    get.assert_success();
+    assert_eq!(
+        get.stdout,
+        [with_trailer(plugin, b"short"), b"\n".to_vec()].concat()
+    );
+}
+
+fn unicode_key(host: Host, plugin: Plugin) {
+    let dir = tempdir();
+    let key = "ключ-🔑-キー";
+    HostRun::new(host, plugin, dir.path())
+        .run(&["put", key, "значение ✓"])
+        .assert_success();
+    let get = HostRun::new(host, plugin, dir.path()).run(&["get", key]);
+    get.assert_success();
+    assert_eq!(
+        get.stdout,
+        [
+            with_trailer(plugin, "значение ✓".as_bytes()),
+            b"\n".to_vec()
+        ]
+        .concat()
+    );
+    assert!(
+        dir.path().join(format!("kv_{key}")).exists(),
+        "file kv_<key> with the unicode name"
+    );
+}
+
+fn missing_key(host: Host, plugin: Plugin) {
+    let dir = tempdir();
+    let get = HostRun::new(host, plugin, dir.path()).run(&["get", "nope"]);
+    get.assert_failure();
+    let stdout = get.stdout_str();
+    match plugin {
+        // Deliberate difference: NOT_FOUND, naming the key.
+        Plugin::Rust => assert!(
+            stdout
+                .starts_with("error: rpc error: code = NotFound desc = no value for key \"nope\""),
+            "{stdout}"
+        ),
+        // The reference lets the exception escape: UNKNOWN with the OS error.
+        Plugin::Python => assert!(
+            stdout.starts_with("error: rpc error: code = Unknown desc = ")
+                && stdout.contains("No such file or directory: 'kv_nope'"),
+            "{stdout}"
+        ),
+    }
+}
+
+fn ping(host: Host, plugin: Plugin) {
+    let dir = tempdir();
+    let out = HostRun::new(host, plugin, dir.path()).run(&["ping"]);
+    out.assert_success();
+    assert_eq!(out.stdout_str(), "ok\n");
+}
+
+/// Several host processes, each with its own plugin, writing at once.
+fn concurrent_hosts(host: Host, plugin: Plugin) {
+    let dir = tempdir();
+    let path = dir.path().to_path_buf();
+    let writers: Vec<_> = (0..6)
+        .map(|i| {
+            let path = path.clone();
+            thread::spawn(move || {
+                HostRun::new(host, plugin, &path).run(&["put", &format!("k{i}"), &format!("v{i}")])
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap().assert_success();
+    }
+    for i in 0..6 {
+        let get = HostRun::new(host, plugin, dir.path()).run(&["get", &format!("k{i}")]);
+        get.assert_success();
+        assert_eq!(
+            get.stdout,
+            [
+                with_trailer(plugin, format!("v{i}").as_bytes()),
+                b"\n".to_vec()
+            ]
+            .concat()
+        );
+    }
+}
+
+/// 16 goroutines of one host share its single connection to the plugin.
+fn concurrent_calls(host: Host, plugin: Plugin) {
+    let dir = tempdir();
+    let out = HostRun::new(host, plugin, dir.path()).run(&["concurrent", "16", "10"]);
+    out.assert_success();
+    assert_eq!(out.stdout_str(), "ok=320 failed=0\n");
+}
+
+/// `Kill()` calls GRPCController/Shutdown; the plugin must exit by itself
+/// before the host's 2 s deadline, so the host never has to SIGKILL it.
+fn kill(host: Host, plugin: Plugin) {
+    let dir = tempdir();
+    HostRun::new(host, plugin, dir.path())
+        .run(&["put", "hello", "world"])
+        .assert_success();
+    let out = HostRun::new(host, plugin, dir.path()).run(&["kill", "hello"]);
+    out.assert_success();
+    let line = out.stdout_str();
+    let kill_ms: f64 = field(&line, "kill_ms")
+        .and_then(|v| v.parse().ok())
+        .expect("kill_ms");
+    let pid: u32 = field(&line, "pid")
+        .and_then(|v| v.parse().ok())
+        .expect("pid");
+    eprintln!("{host:?}/{plugin:?}: Kill() took {kill_ms} ms");
+    assert!(
+        !out.stderr.contains("plugin failed to exit gracefully"),
+        "the host had to SIGKILL the plugin:\n{}",
+        out.stderr
+    );
+    assert!(
+        gone_within(pid, Duration::from_secs(1)),
+        "plugin process {pid} is still running"
+    );
+}
+
+fn wrong_cookie(host: Host, plugin: Plugin) {
+    let dir = tempdir();
+    let out = HostRun::new(host, plugin, dir.path())
+        .env("KV_HOST_COOKIE", "goodbye")
+        .run(&["put", "a", "b"]);
+    match plugin {
+        Plugin::Rust => {
+            out.assert_failure();
+            assert!(
+                out.stdout_str().starts_with("error: "),
+                "{}",
+                out.stdout_str()
+            );
+            assert!(
+                out.stderr.contains("This binary is a plugin."),
+                "{}",
+                out.stderr
+            );
+            assert!(!dir.path().join("kv_a").exists());
+        }
+        // Deliberate difference: the reference never checks the cookie.
+        Plugin::Python => {
+            out.assert_success();
+        }
+    }
+}
+
+fn version_negotiation(host: Host, plugin: Plugin) {
+    let dir = tempdir();
+    // The host offers 1 and 2 (in random order, as go-plugin's map does):
+    // the plugin speaks only 1.
+    let out = HostRun::new(host, plugin, dir.path())
+        .env("KV_HOST_VERSIONS", "2,1")
+        .run(&["info"]);
+    out.assert_success();
+    assert_eq!(
+        field(&out.stdout_str(), "version"),
+        Some("1"),
+        "{}",
+        out.stdout_str()
+    );
+
+    // No common version: the plugin advertises its lowest and the host says so.
+    let out = HostRun::new(host, plugin, dir.path())
+        .env("KV_HOST_VERSIONS", "2,3")
+        .run(&["info"]);
+    out.assert_failure();
+    let stdout = out.stdout_str().to_lowercase();
+    assert!(
+        stdout.contains("incompatible api version with plugin. plugin version: 1"),
+        "{stdout}"
+    );
+}
+
+/// Finds `n` consecutive free ports on 127.0.0.1 and returns the first.
+fn free_port_run(n: u16) -> u16 {
+    for attempt in 0..200u32 {
+        let base = 20_000 + ((std::process::id() * 7919 + attempt * 104_729) % 40_000) as u16;
+        if (0..n).all(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no run of {n} free ports on 127.0.0.1");
+}
+
+fn port_range(host: Host, plugin: Plugin) {
+    let dir = tempdir();
+    let base = free_port_run(3);
+    // The first two ports of the range are taken by another listener.
+    let _busy: Vec<TcpListener> = (0..2)
+        .map(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, base + i)).unwrap())
+        .collect();
+    let range = |max: u16| {
+        HostRun::new(host, plugin, dir.path())
+            .env("KV_HOST_MIN_PORT", &base.to_string())
+            .env("KV_HOST_MAX_PORT", &max.to_string())
+    };
+
+    let out = range(base + 2).run(&["info"]);
+    out.assert_success();
+    let stdout = out.stdout_str();
+    let addr = field(&stdout, "addr").expect("addr");
+    assert_eq!(field(&stdout, "network"), Some("tcp"));
+    let port: u16 = addr
+        .strip_prefix("127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .expect(addr);
+    match plugin {
+        Plugin::Rust => assert_eq!(port, base + 2, "first free port of the range"),
+        // Deliberate difference: the reference ignores PLUGIN_MIN/MAX_PORT.
+        Plugin::Python => assert!(!(base..=base + 2).contains(&port), "{addr}"),
+    }
+
+    // Every port of the range taken.
+    let out = range(base + 1).run(&["info"]);
+    match plugin {
+        Plugin::Rust => {
+            out.assert_failure();
+            assert!(
+                out.stderr.contains("couldn't bind plugin TCP listener"),
+                "{}",
+                out.stderr
+            );
+        }
+        Plugin::Python => {
+            out.assert_success();
+        }
+    }
+}

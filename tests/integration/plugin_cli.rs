@@ -1,0 +1,369 @@
+//! `kv-plugin` run directly, the way a host would, without a host in the
+//! way: the environment rules, the stdout discipline, signals and shutdown.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use goplugin::grpcio::{ChannelBuilder, EnvBuilder, RpcStatusCode};
+use goplugin::proto::kv::{GetRequest, KvClient, PutRequest};
+use goplugin::proto::plugin::{Empty, GrpcControllerClient};
+use grpcio_health::HealthClient;
+use grpcio_health::proto::HealthCheckRequest;
+
+use crate::support::{Output, Plugin, run, tempdir, wait_with_watchdog};
+
+const COOKIE: (&str, &str) = ("BASIC_PLUGIN", "hello");
+
+/// Environment variables as `(name, value)` pairs.
+type Vars = &'static [(&'static str, &'static str)];
+
+const NOT_A_PLUGIN: &str = "This binary is a plugin. These are not meant to be executed directly.\n\
+                            Please execute the program that consumes these plugins, which will\n\
+                            load any plugins automatically\n";
+
+fn plugin_command(plugin: Plugin, env: &[(&str, &str)], dir: &std::path::Path) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("exec {}", plugin.command()))
+        .current_dir(dir)
+        .env_clear();
+    command.env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command
+}
+
+/// Runs the plugin to completion (for the cases where it must refuse to start).
+fn run_plugin(plugin: Plugin, env: &[(&str, &str)]) -> Output {
+    let dir = tempdir();
+    run(plugin_command(plugin, env, dir.path()))
+}
+
+/// A plugin that started and printed its handshake line.
+struct Running {
+    child: Option<Child>,
+    line: String,
+    rest: mpsc::Receiver<Vec<u8>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    fn start(plugin: Plugin, env: &[(&str, &str)]) -> Running {
+        let dir = tempdir();
+        let mut command = plugin_command(plugin, env, dir.path());
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("start plugin");
+        let stdout = child.stdout.take().expect("piped");
+        let (line_tx, line_rx) = mpsc::channel();
+        let (rest_tx, rest) = mpsc::channel();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = line_tx.send(line);
+            let mut tail = Vec::new();
+            let _ = reader.read_to_end(&mut tail);
+            let _ = rest_tx.send(tail);
+        });
+        let line = match line_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no handshake line within 20 s");
+            }
+        };
+        Running {
+            child: Some(child),
+            line,
+            rest,
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn address(&self) -> String {
+        let fields: Vec<&str> = self.line.trim_end().split('|').collect();
+        assert!(fields.len() >= 5, "handshake line {:?}", self.line);
+        assert_eq!(fields[2], "tcp", "{:?}", self.line);
+        fields[3].to_string()
+    }
+
+    fn channel(&self) -> goplugin::grpcio::Channel {
+        let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+        ChannelBuilder::new(env).connect(&self.address())
+    }
+
+    /// Calls GRPCController/Shutdown and waits for the process to end.
+    /// Returns what stdout carried after the handshake line.
+    fn shutdown(mut self) -> (std::process::ExitStatus, Vec<u8>) {
+        let controller = GrpcControllerClient::new(self.channel());
+        // The plugin may close the connection before the answer arrives,
+        // as Go plugins do; the host ignores the result too.
+        let _ = controller.shutdown(&Empty::new());
+        let (tx, rx) = mpsc::channel();
+        let pid = self.pid();
+        let mut child = self.child.take().expect("running");
+        thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let status = rx
+            .recv_timeout(Duration::from_secs(2))
+            .unwrap_or_else(|_| panic!("plugin {pid} did not exit within 2 s of Shutdown"))
+            .expect("wait");
+        let rest = self
+            .rest
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_default();
+        (status, rest)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A failed test must not leave its plugin running.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn without_the_cookie_it_exits_1_with_go_plugins_message_and_prints_nothing() {
+    for env in [
+        &[][..],
+        &[("BASIC_PLUGIN", "goodbye")][..],
+        &[("BASIC_PLUGIN", "")][..],
+    ] {
+        let out = run_plugin(Plugin::Rust, env);
+        assert_eq!(out.status.code(), Some(1), "{env:?}: {}", out.stderr);
+        assert_eq!(out.stdout_str(), "", "{env:?}: stdout must stay empty");
+        assert_eq!(out.stderr, NOT_A_PLUGIN, "{env:?}");
+    }
+}
+
+#[test]
+fn the_python_reference_ignores_the_cookie() {
+    // Deliberate difference: go-plugin's Python example starts anyway.
+    let running = Running::start(Plugin::Python, &[]);
+    assert!(
+        running.line.starts_with("1|1|tcp|127.0.0.1:"),
+        "{:?}",
+        running.line
+    );
+    let (status, _) = running.shutdown();
+    assert!(status.success());
+}
+
+#[test]
+fn unusable_port_variables_are_named_in_the_error() {
+    let cases: &[(Vars, &[&str])] = &[
+        (
+            &[("PLUGIN_MIN_PORT", "abc"), ("PLUGIN_MAX_PORT", "25000")],
+            &["PLUGIN_MIN_PORT=", "abc", "not a TCP port"],
+        ),
+        (
+            &[("PLUGIN_MIN_PORT", "10000"), ("PLUGIN_MAX_PORT", "99999")],
+            &["PLUGIN_MAX_PORT=", "99999"],
+        ),
+        (
+            &[("PLUGIN_MIN_PORT", "30000"), ("PLUGIN_MAX_PORT", "20000")],
+            &[
+                "PLUGIN_MIN_PORT=",
+                "30000",
+                "greater than PLUGIN_MAX_PORT (20000)",
+            ],
+        ),
+    ];
+    for (vars, wants) in cases {
+        let env: Vec<(&str, &str)> = [COOKIE].iter().chain(vars.iter()).copied().collect();
+        let out = run_plugin(Plugin::Rust, &env);
+        assert_eq!(out.status.code(), Some(1), "{vars:?}: {}", out.stderr);
+        assert_eq!(out.stdout_str(), "", "{vars:?}");
+        assert!(
+            out.stderr.contains("\"@level\":\"error\""),
+            "{vars:?}: {}",
+            out.stderr
+        );
+        for want in *wants {
+            assert!(
+                out.stderr.contains(want),
+                "{vars:?}: {want:?} not in {}",
+                out.stderr
+            );
+        }
+    }
+}
+
+#[test]
+fn autmtls_is_refused_clearly_until_it_is_supported() {
+    let out = run_plugin(
+        Plugin::Rust,
+        &[
+            COOKIE,
+            ("PLUGIN_CLIENT_CERT", "-----BEGIN CERTIFICATE-----"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.stdout_str(), "");
+    assert!(
+        out.stderr
+            .contains("AutoMTLS (PLUGIN_CLIENT_CERT is set) is not supported"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn handshake_lines_follow_the_environment() {
+    let cases: &[(Vars, &str)] = &[
+        (&[COOKIE, ("PLUGIN_PROTOCOL_VERSIONS", "1")], "|grpc\n"),
+        // Bad entries are skipped; no common version advertises the lowest.
+        (&[COOKIE, ("PLUGIN_PROTOCOL_VERSIONS", "x,1,")], "|grpc\n"),
+        (&[COOKIE, ("PLUGIN_PROTOCOL_VERSIONS", "5")], "|grpc\n"),
+        (&[COOKIE], "|grpc\n"),
+        // A host asking for multiplexing learns that this plugin cannot.
+        (
+            &[COOKIE, ("PLUGIN_MULTIPLEX_GRPC", "true")],
+            "|grpc||false\n",
+        ),
+    ];
+    for (env, suffix) in cases {
+        let running = Running::start(Plugin::Rust, env);
+        let line = running.line.clone();
+        assert!(line.starts_with("1|1|tcp|127.0.0.1:"), "{env:?}: {line:?}");
+        assert!(line.ends_with(suffix), "{env:?}: {line:?}");
+        let (status, rest) = running.shutdown();
+        assert!(status.success(), "{env:?}: {status}");
+        assert!(
+            rest.is_empty(),
+            "{env:?}: stdout after the handshake: {rest:?}"
+        );
+    }
+}
+
+#[test]
+fn invalid_version_entries_are_logged_as_warnings() {
+    let dir = tempdir();
+    let mut command = plugin_command(
+        Plugin::Rust,
+        &[COOKIE, ("PLUGIN_PROTOCOL_VERSIONS", "x,1")],
+        dir.path(),
+    );
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let address = line.split('|').nth(3).unwrap().to_string();
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    let _ = GrpcControllerClient::new(ChannelBuilder::new(env).connect(&address))
+        .shutdown(&Empty::new());
+    child.stdout = Some(stdout.into_inner());
+    let out = wait_with_watchdog(child);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.contains("\"@level\":\"warn\"")
+            && out.stderr.contains("invalid plugin version \\\"x\\\""),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn serves_kv_health_and_stops_on_shutdown_with_nothing_more_on_stdout() {
+    let running = Running::start(Plugin::Rust, &[COOKIE, ("PLUGIN_PROTOCOL_VERSIONS", "1")]);
+    let channel = running.channel();
+    let health = HealthClient::new(channel.clone());
+    let mut check = HealthCheckRequest::default();
+    check.set_service("plugin".into());
+    let status = health.check(&check).expect("health check of \"plugin\"");
+    assert_eq!(status.get_status(), grpcio_health::ServingStatus::Serving);
+
+    let kv = KvClient::new(channel);
+    let mut put = PutRequest::new();
+    put.set_key("k".into());
+    put.set_value(b"v".to_vec());
+    kv.put(&put).expect("put");
+    let mut get = GetRequest::new();
+    get.set_key("k".into());
+    assert_eq!(
+        kv.get(&get).expect("get").get_value(),
+        b"v\n\nWritten from plugin-rust"
+    );
+    get.set_key("../escape".into());
+    match kv.get(&get) {
+        Err(goplugin::grpcio::Error::RpcFailure(s)) => {
+            assert_eq!(s.code(), RpcStatusCode::INVALID_ARGUMENT)
+        }
+        other => panic!("a key with '/' must be INVALID_ARGUMENT, got {other:?}"),
+    }
+
+    let (status, rest) = running.shutdown();
+    assert!(status.success(), "{status}");
+    assert!(rest.is_empty(), "stdout after the handshake: {rest:?}");
+}
+
+#[test]
+fn sigint_is_ignored_while_serving() {
+    let running = Running::start(Plugin::Rust, &[COOKIE]);
+    // SAFETY: kill(2) on our own child's pid.
+    let sent = unsafe { libc::kill(running.pid() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(sent, 0);
+    thread::sleep(Duration::from_millis(200));
+    let health = HealthClient::new(running.channel());
+    let mut check = HealthCheckRequest::default();
+    check.set_service("plugin".into());
+    health.check(&check).expect("still serving after SIGINT");
+    let (status, _) = running.shutdown();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_closed_stdout_is_an_error_not_a_panic() {
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills two fresh descriptors that we then own.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end);
+    let dir = tempdir();
+    let mut command = plugin_command(Plugin::Rust, &[COOKIE], dir.path());
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::piped());
+    let child = command.spawn().unwrap();
+    let mut stderr = String::new();
+    let mut child = child;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot write the handshake line"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
