@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::handshake::HostVersions;
+use crate::handshake::{HandshakeConfig, HostVersions};
 
 /// App protocol versions the host speaks, joined by `,` (e.g. `1,2`).
 pub const PLUGIN_PROTOCOL_VERSIONS: &str = "PLUGIN_PROTOCOL_VERSIONS";
@@ -87,6 +87,31 @@ impl PluginEnv {
     /// `os.Getenv(..) != ""` checks do).
     fn non_empty(&self, name: &str) -> Option<&str> {
         self.get(name).filter(|v| !v.is_empty())
+    }
+
+    /// Checks that the host set `handshake`'s magic cookie, as go-plugin's
+    /// `Serve` does first of all. [`PluginServerBuilder::build`] calls it;
+    /// call it yourself to bail out before any other start-up work.
+    ///
+    /// [`PluginServerBuilder::build`]: crate::PluginServerBuilder::build
+    ///
+    /// # Errors
+    /// - [`Error::InvalidHandshakeConfig`]: the cookie key or value is empty;
+    /// - [`Error::NotLaunchedByHost`]: the cookie is missing or different.
+    pub fn verify_cookie(&self, handshake: &HandshakeConfig) -> Result<()> {
+        if handshake.magic_cookie_key.is_empty() || handshake.magic_cookie_value.is_empty() {
+            return Err(Error::InvalidHandshakeConfig {
+                reason: "no magic cookie key or value was set; set both in the HandshakeConfig \
+                         (the host must use the same values)"
+                    .to_string(),
+            });
+        }
+        if self.get(handshake.magic_cookie_key) != Some(handshake.magic_cookie_value) {
+            return Err(Error::NotLaunchedByHost {
+                cookie_key: handshake.magic_cookie_key.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// The versions offered in `PLUGIN_PROTOCOL_VERSIONS`; empty when unset.
@@ -209,6 +234,25 @@ mod tests {
                 err.starts_with(want),
                 "{pairs:?}: got {err:?}, want prefix {want:?}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn port_ranges_parse_or_name_the_variable(min in "\\PC{0,8}|[0-9]{1,6}", max in "\\PC{0,8}|[0-9]{1,6}") {
+            let env = PluginEnv::from_vars([("PLUGIN_MIN_PORT", min.clone()), ("PLUGIN_MAX_PORT", max.clone())]);
+            match env.port_range() {
+                Ok(range) => {
+                    proptest::prop_assert!(range.min <= range.max);
+                    let expect = |v: &str| if v.is_empty() { Some(0) } else { v.trim().parse::<u16>().ok() };
+                    proptest::prop_assert_eq!(Some(range.min), expect(&min));
+                    proptest::prop_assert_eq!(Some(range.max), expect(&max));
+                }
+                Err(Error::InvalidEnv { var, .. }) => {
+                    proptest::prop_assert!(var == PLUGIN_MIN_PORT || var == PLUGIN_MAX_PORT);
+                }
+                Err(other) => proptest::prop_assert!(false, "unexpected error {other}"),
+            }
         }
     }
 

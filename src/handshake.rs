@@ -238,6 +238,36 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn joined_versions_parse_back(versions in proptest::collection::vec(proptest::prelude::any::<u32>(), 0..8)) {
+            let joined = versions.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+            let parsed = HostVersions::parse(&joined);
+            proptest::prop_assert_eq!(parsed.versions, versions);
+            proptest::prop_assert!(parsed.invalid.is_empty());
+        }
+
+        #[test]
+        fn any_text_parses_without_panicking(value in "\\PC*") {
+            let parsed = HostVersions::parse(&value);
+            let entries = value.split(',').filter(|e| !e.trim().is_empty()).count();
+            proptest::prop_assert_eq!(parsed.versions.len() + parsed.invalid.len(), entries);
+        }
+
+        #[test]
+        fn negotiation_picks_the_highest_common_or_the_lowest(
+            plugin in proptest::collection::btree_set(0u32..20, 1..6),
+            host in proptest::collection::vec(0u32..20, 0..6),
+        ) {
+            let picked = negotiate_version(&plugin, &host).expect("plugin set is not empty");
+            proptest::prop_assert!(plugin.contains(&picked));
+            match plugin.iter().filter(|v| host.contains(v)).max() {
+                Some(best) => proptest::prop_assert_eq!(picked, *best),
+                None => proptest::prop_assert_eq!(Some(&picked), plugin.first()),
+            }
+        }
+    }
+
     #[test]
     fn negotiation() {
         let cases: &[(&[u32], &[u32], Option<u32>)] = &[

@@ -62,6 +62,7 @@ pub struct PluginServerBuilder {
     services: BTreeMap<u32, Vec<grpcio::Service>>,
     env: Option<PluginEnv>,
     threads: usize,
+    max_message_size: Option<usize>,
     output: Option<Box<dyn Write + Send>>,
     ignore_sigint: bool,
     shutdown_grace: Duration,
@@ -74,6 +75,7 @@ impl fmt::Debug for PluginServerBuilder {
             .field("versions", &self.services.keys().collect::<Vec<_>>())
             .field("env", &self.env)
             .field("threads", &self.threads)
+            .field("max_message_size", &self.max_message_size)
             .field("ignore_sigint", &self.ignore_sigint)
             .field("shutdown_grace", &self.shutdown_grace)
             .finish_non_exhaustive()
@@ -110,6 +112,14 @@ impl PluginServerBuilder {
     /// [`BlockingPool`](crate::BlockingPool) instead.
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
+        self
+    }
+
+    /// The largest message, in bytes, the plugin accepts or sends. Larger
+    /// requests fail with `RESOURCE_EXHAUSTED` before a handler sees them.
+    /// Default: gRPC's 4 MiB for requests, no limit for responses.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = Some(bytes);
         self
     }
 
@@ -150,20 +160,8 @@ impl PluginServerBuilder {
     /// - [`Error::Unsupported`]: the host asked for AutoMTLS;
     /// - [`Error::Grpc`]: gRPC could not build the server.
     pub fn build(mut self) -> Result<PluginServer> {
-        let handshake = self.handshake;
-        if handshake.magic_cookie_key.is_empty() || handshake.magic_cookie_value.is_empty() {
-            return Err(Error::InvalidHandshakeConfig {
-                reason: "no magic cookie key or value was set; set both in the HandshakeConfig \
-                         (the host must use the same values)"
-                    .to_string(),
-            });
-        }
         let env = self.env.take().unwrap_or_else(PluginEnv::from_process);
-        if env.get(handshake.magic_cookie_key) != Some(handshake.magic_cookie_value) {
-            return Err(Error::NotLaunchedByHost {
-                cookie_key: handshake.magic_cookie_key.to_string(),
-            });
-        }
+        env.verify_cookie(&self.handshake)?;
         if env.client_cert().is_some() {
             return Err(Error::Unsupported {
                 feature: "AutoMTLS (PLUGIN_CLIENT_CERT is set)",
@@ -181,9 +179,14 @@ impl PluginServerBuilder {
         );
         // gRPC sets SO_REUSEPORT by default: then a "successful" bind could
         // share a port with another process.
-        let args = ChannelBuilder::new(Arc::clone(&grpc_env))
-            .reuse_port(false)
-            .build_args();
+        let mut channel = ChannelBuilder::new(Arc::clone(&grpc_env)).reuse_port(false);
+        if let Some(bytes) = self.max_message_size {
+            let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
+            channel = channel
+                .max_receive_message_len(bytes)
+                .max_send_message_len(bytes);
+        }
+        let args = channel.build_args();
         let shutdown = ShutdownHandle::new();
         let (health_service, health) = health::service();
         let mut builder = ServerBuilder::new(Arc::clone(&grpc_env))
@@ -306,6 +309,7 @@ impl PluginServer {
             services: BTreeMap::new(),
             env: None,
             threads: 1,
+            max_message_size: None,
             output: None,
             ignore_sigint: true,
             shutdown_grace: Duration::from_millis(500),
