@@ -12,7 +12,7 @@ PYGEN := $(BUILD)/python-kv
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 KV_PLUGIN_BIN := $(if $(TARGET_DIR),$(TARGET_DIR),target)/release/kv-plugin
 
-.PHONY: demo test deps hosts python-ref build lint doc clean
+.PHONY: demo test deps hosts python-ref build lint doc fuzz clean
 
 ## demo: install what is missing, build, and run kv put/get through the current go-plugin host
 demo: deps hosts
@@ -36,9 +36,9 @@ test: deps hosts python-ref lint doc
 deps:
 	@.ci/install-deps
 
-hosts: $(HOSTS)/kv-host-current $(HOSTS)/kv-host-101
+hosts: $(HOSTS)/kv-host-current $(HOSTS)/kv-host-101 $(HOSTS)/kv-plugin-go
 
-$(HOSTS)/kv-host-current $(HOSTS)/kv-host-101: tests/fixtures/go-host/main.go tests/fixtures/go-host/go.mod tests/fixtures/go-host/go.sum tests/fixtures/go-host/build.sh proto/kv/kv.proto
+$(HOSTS)/kv-host-current $(HOSTS)/kv-host-101 $(HOSTS)/kv-plugin-go &: tests/fixtures/go-host/main.go tests/fixtures/go-host/go.mod tests/fixtures/go-host/go.sum tests/fixtures/go-host/build.sh tests/fixtures/go-kv-plugin/main.go proto/kv/kv.proto
 	tests/fixtures/go-host/build.sh $(HOSTS)
 
 python-ref: $(PYGEN)/kv_pb2.py
@@ -62,6 +62,13 @@ lint:
 
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc $(CARGO_FLAGS) --no-deps
+
+## fuzz: run the env/handshake fuzz target for FUZZ_SECONDS (default 60); not part of `make test`:
+## its instrumented build compiles gRPC's C++ core once more (~10 min)
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --release env_handshake -- -max_total_time=$(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(BUILD)

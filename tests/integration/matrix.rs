@@ -1,7 +1,7 @@
 //! One scenario matrix through real go-plugin hosts: every scenario runs for
 //! {current go-plugin release, Debian's 1.0.1} × {Rust kv-plugin, Python
-//! reference}. Where the Rust plugin deliberately differs from the
-//! reference, the scenario states the expected difference.
+//! reference, Go reference}. Where the Rust plugin deliberately differs from
+//! a reference, the scenario states the expected difference.
 
 use std::fs;
 use std::net::{Ipv4Addr, TcpListener};
@@ -29,6 +29,14 @@ macro_rules! matrix {
             #[test]
             fn v101_python() {
                 super::$scenario(Host::V101, Plugin::Python)
+            }
+            #[test]
+            fn current_go() {
+                super::$scenario(Host::Current, Plugin::Go)
+            }
+            #[test]
+            fn v101_go() {
+                super::$scenario(Host::V101, Plugin::Go)
             }
         }
     )*};
@@ -166,11 +174,15 @@ fn missing_key(host: Host, plugin: Plugin) {
                 .starts_with("error: rpc error: code = NotFound desc = no value for key \"nope\""),
             "{stdout}"
         ),
-        // The reference lets the exception escape: UNKNOWN with the OS error.
+        // The references return the OS error as UNKNOWN.
         Plugin::Python => assert!(
             stdout.starts_with("error: rpc error: code = Unknown desc = ")
                 && stdout.contains("No such file or directory: 'kv_nope'"),
             "{stdout}"
+        ),
+        Plugin::Go => assert_eq!(
+            stdout,
+            "error: rpc error: code = Unknown desc = open kv_nope: no such file or directory\n"
         ),
     }
 }
@@ -253,7 +265,8 @@ fn wrong_cookie(host: Host, plugin: Plugin) {
         .env("KV_HOST_COOKIE", "goodbye")
         .run(&["put", "a", "b"]);
     match plugin {
-        Plugin::Rust => {
+        // Go's plugin.Serve checks the cookie too.
+        Plugin::Rust | Plugin::Go => {
             out.assert_failure();
             assert!(
                 out.stdout_str().starts_with("error: "),
@@ -267,7 +280,7 @@ fn wrong_cookie(host: Host, plugin: Plugin) {
             );
             assert!(!dir.path().join("kv_a").exists());
         }
-        // Deliberate difference: the reference never checks the cookie.
+        // Deliberate difference: the Python reference never checks the cookie.
         Plugin::Python => {
             out.assert_success();
         }
@@ -329,15 +342,21 @@ fn port_range(host: Host, plugin: Plugin) {
     out.assert_success();
     let stdout = out.stdout_str();
     let addr = field(&stdout, "addr").expect("addr");
-    assert_eq!(field(&stdout, "network"), Some("tcp"));
-    let port: u16 = addr
-        .strip_prefix("127.0.0.1:")
-        .and_then(|p| p.parse().ok())
-        .expect(addr);
-    match plugin {
-        Plugin::Rust => assert_eq!(port, base + 2, "first free port of the range"),
-        // Deliberate difference: the reference ignores PLUGIN_MIN/MAX_PORT.
-        Plugin::Python => assert!(!(base..=base + 2).contains(&port), "{addr}"),
+    if plugin == Plugin::Go {
+        // A Go plugin always listens on a unix socket on Linux; the port
+        // range only matters for TCP.
+        assert_eq!(field(&stdout, "network"), Some("unix"), "{stdout}");
+    } else {
+        assert_eq!(field(&stdout, "network"), Some("tcp"), "{stdout}");
+        let port: u16 = addr
+            .strip_prefix("127.0.0.1:")
+            .and_then(|p| p.parse().ok())
+            .expect(addr);
+        match plugin {
+            Plugin::Rust => assert_eq!(port, base + 2, "first free port of the range"),
+            // Deliberate difference: the reference ignores PLUGIN_MIN/MAX_PORT.
+            _ => assert!(!(base..=base + 2).contains(&port), "{addr}"),
+        }
     }
 
     // Every port of the range taken.
@@ -351,7 +370,7 @@ fn port_range(host: Host, plugin: Plugin) {
                 out.stderr
             );
         }
-        Plugin::Python => {
+        Plugin::Python | Plugin::Go => {
             out.assert_success();
         }
     }

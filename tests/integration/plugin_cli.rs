@@ -3,9 +3,8 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
@@ -15,9 +14,9 @@ use goplugin::proto::plugin::{Empty, GrpcControllerClient};
 use grpcio_health::HealthClient;
 use grpcio_health::proto::HealthCheckRequest;
 
-use crate::support::{Output, Plugin, run, tempdir, wait_with_watchdog};
-
-const COOKIE: (&str, &str) = ("BASIC_PLUGIN", "hello");
+use crate::support::{
+    COOKIE, Output, Plugin, Running, plugin_command, run, tempdir, wait_with_watchdog,
+};
 
 /// Environment variables as `(name, value)` pairs.
 type Vars = &'static [(&'static str, &'static str)];
@@ -26,120 +25,10 @@ const NOT_A_PLUGIN: &str = "This binary is a plugin. These are not meant to be e
                             Please execute the program that consumes these plugins, which will\n\
                             load any plugins automatically\n";
 
-fn plugin_command(plugin: Plugin, env: &[(&str, &str)], dir: &std::path::Path) -> Command {
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(format!("exec {}", plugin.command()))
-        .current_dir(dir)
-        .env_clear();
-    command.env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command
-}
-
 /// Runs the plugin to completion (for the cases where it must refuse to start).
 fn run_plugin(plugin: Plugin, env: &[(&str, &str)]) -> Output {
     let dir = tempdir();
     run(plugin_command(plugin, env, dir.path()))
-}
-
-/// A plugin that started and printed its handshake line.
-struct Running {
-    child: Option<Child>,
-    line: String,
-    rest: mpsc::Receiver<Vec<u8>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Running {
-    fn start(plugin: Plugin, env: &[(&str, &str)]) -> Running {
-        let dir = tempdir();
-        let mut command = plugin_command(plugin, env, dir.path());
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = command.spawn().expect("start plugin");
-        let stdout = child.stdout.take().expect("piped");
-        let (line_tx, line_rx) = mpsc::channel();
-        let (rest_tx, rest) = mpsc::channel();
-        thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = line_tx.send(line);
-            let mut tail = Vec::new();
-            let _ = reader.read_to_end(&mut tail);
-            let _ = rest_tx.send(tail);
-        });
-        let line = match line_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("no handshake line within 20 s");
-            }
-        };
-        Running {
-            child: Some(child),
-            line,
-            rest,
-            _dir: dir,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    fn address(&self) -> String {
-        let fields: Vec<&str> = self.line.trim_end().split('|').collect();
-        assert!(fields.len() >= 5, "handshake line {:?}", self.line);
-        assert_eq!(fields[2], "tcp", "{:?}", self.line);
-        fields[3].to_string()
-    }
-
-    fn channel(&self) -> goplugin::grpcio::Channel {
-        let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-        ChannelBuilder::new(env).connect(&self.address())
-    }
-
-    /// Calls GRPCController/Shutdown and waits for the process to end.
-    /// Returns what stdout carried after the handshake line.
-    fn shutdown(mut self) -> (std::process::ExitStatus, Vec<u8>) {
-        let controller = GrpcControllerClient::new(self.channel());
-        // The plugin may close the connection before the answer arrives,
-        // as Go plugins do; the host ignores the result too.
-        let _ = controller.shutdown(&Empty::new());
-        let (tx, rx) = mpsc::channel();
-        let pid = self.pid();
-        let mut child = self.child.take().expect("running");
-        thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        let status = rx
-            .recv_timeout(Duration::from_secs(2))
-            .unwrap_or_else(|_| panic!("plugin {pid} did not exit within 2 s of Shutdown"))
-            .expect("wait");
-        let rest = self
-            .rest
-            .recv_timeout(Duration::from_secs(5))
-            .unwrap_or_default();
-        (status, rest)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // A failed test must not leave its plugin running.
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 #[test]

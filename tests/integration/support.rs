@@ -1,11 +1,15 @@
 //! Shared test support: where the hosts and plugins are, and running them
 //! with a watchdog.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use goplugin::grpcio::{ChannelBuilder, EnvBuilder};
+use goplugin::proto::plugin::{Empty, GrpcControllerClient};
 
 /// How long any host or plugin process may run before the test kills it.
 pub const WATCHDOG: Duration = Duration::from_secs(60);
@@ -46,6 +50,8 @@ pub enum Plugin {
     Rust,
     /// The Python reference (tests/fixtures/python-kv).
     Python,
+    /// A Go KV plugin on go-plugin 1.0.1 (tests/fixtures/go-kv-plugin).
+    Go,
 }
 
 impl Plugin {
@@ -66,6 +72,15 @@ impl Plugin {
                     repo().join("tests/fixtures/python-kv/plugin.py").display()
                 )
             }
+            Plugin::Go => {
+                let path = repo().join(".build/go-hosts/kv-plugin-go");
+                assert!(
+                    path.exists(),
+                    "{} is missing: build it with `make hosts` (or run `make test`)",
+                    path.display()
+                );
+                path.display().to_string()
+            }
         }
     }
 
@@ -74,6 +89,7 @@ impl Plugin {
         match self {
             Plugin::Rust => b"\n\nWritten from plugin-rust",
             Plugin::Python => b"\n\nWritten from plugin-python",
+            Plugin::Go => b"\n\nWritten from plugin-go-grpc",
         }
     }
 }
@@ -227,4 +243,126 @@ pub fn tempdir() -> tempfile::TempDir {
         .prefix("goplugin-test")
         .tempdir()
         .expect("temp dir")
+}
+
+/// The magic cookie of the KV example.
+pub const COOKIE: (&str, &str) = ("BASIC_PLUGIN", "hello");
+
+pub fn plugin_command(plugin: Plugin, env: &[(&str, &str)], dir: &std::path::Path) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("exec {}", plugin.command()))
+        .current_dir(dir)
+        .env_clear();
+    command.env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command
+}
+
+/// A plugin that started and printed its handshake line.
+pub struct Running {
+    child: Option<Child>,
+    pub line: String,
+    rest: mpsc::Receiver<Vec<u8>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Running {
+    /// Starts `plugin` in a fresh temporary directory.
+    pub fn start(plugin: Plugin, env: &[(&str, &str)]) -> Running {
+        let dir = tempdir();
+        let mut running = Running::start_in(plugin, env, dir.path());
+        running._dir = Some(dir);
+        running
+    }
+
+    /// Starts `plugin` with `dir` as its working directory.
+    pub fn start_in(plugin: Plugin, env: &[(&str, &str)], dir: &Path) -> Running {
+        let mut command = plugin_command(plugin, env, dir);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("start plugin");
+        let stdout = child.stdout.take().expect("piped");
+        let (line_tx, line_rx) = mpsc::channel();
+        let (rest_tx, rest) = mpsc::channel();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = line_tx.send(line);
+            let mut tail = Vec::new();
+            let _ = reader.read_to_end(&mut tail);
+            let _ = rest_tx.send(tail);
+        });
+        let line = match line_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no handshake line within 20 s");
+            }
+        };
+        Running {
+            child: Some(child),
+            line,
+            rest,
+            _dir: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The TCP address of the handshake line.
+    pub fn address(&self) -> String {
+        let fields: Vec<&str> = self.line.trim_end().split('|').collect();
+        assert!(fields.len() >= 5, "handshake line {:?}", self.line);
+        assert_eq!(fields[2], "tcp", "{:?}", self.line);
+        fields[3].to_string()
+    }
+
+    pub fn channel(&self) -> goplugin::grpcio::Channel {
+        let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+        ChannelBuilder::new(env).connect(&self.address())
+    }
+
+    /// Calls GRPCController/Shutdown and waits for the process to end.
+    /// Returns what stdout carried after the handshake line.
+    pub fn shutdown(mut self) -> (std::process::ExitStatus, Vec<u8>) {
+        let controller = GrpcControllerClient::new(self.channel());
+        // The plugin may close the connection before the answer arrives,
+        // as Go plugins do; the host ignores the result too.
+        let _ = controller.shutdown(&Empty::new());
+        let (tx, rx) = mpsc::channel();
+        let pid = self.pid();
+        let mut child = self.child.take().expect("running");
+        thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let status = rx
+            .recv_timeout(Duration::from_secs(2))
+            .unwrap_or_else(|_| panic!("plugin {pid} did not exit within 2 s of Shutdown"))
+            .expect("wait");
+        let rest = self
+            .rest
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_default();
+        (status, rest)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A failed test must not leave its plugin running.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

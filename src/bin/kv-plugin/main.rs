@@ -1,0 +1,145 @@
+//! `kv-plugin`: go-plugin's KV example plugin, in Rust.
+//!
+//! A drop-in for the Go and Python KV plugins of go-plugin's `examples/grpc`:
+//! same handshake (app protocol 1, `BASIC_PLUGIN=hello`), same service
+//! (`/proto.KV/Get`, `/proto.KV/Put`), same files (`kv_<key>` in the working
+//! directory, holding the value and a trailer naming the plugin).
+//! Deliberately better: writes are atomic and durable, keys that are not a
+//! plain file name are refused, and every error has an exact status code
+//! (see `store.rs` and the README).
+//!
+//! Settings (environment variables; the host passes its own environment on):
+//!
+//! | variable | values | default |
+//! |---|---|---|
+//! | `KV_PLUGIN_DURABILITY` | `durable` (fsync file and directory before answering a Put) or `relaxed` | `durable` |
+//! | `KV_PLUGIN_MAX_VALUE_BYTES` | largest value a Put accepts, in bytes | 4194304 (4 MiB) |
+
+mod store;
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use goplugin::grpcio::{RpcContext, UnarySink};
+use goplugin::proto::kv::{Empty, GetRequest, GetResponse, Kv, PutRequest, create_kv};
+use goplugin::{BlockingPool, Error, HandshakeConfig, PluginEnv, PluginServer};
+
+use store::{Durability, Store};
+
+/// go-plugin's KV example handshake.
+const HANDSHAKE: HandshakeConfig = HandshakeConfig {
+    protocol_version: 1,
+    magic_cookie_key: "BASIC_PLUGIN",
+    magic_cookie_value: "hello",
+};
+
+/// Concurrent file operations; more callers queue.
+const WORKERS: usize = 16;
+
+/// Default for `KV_PLUGIN_MAX_VALUE_BYTES`: gRPC's usual message limit.
+const DEFAULT_MAX_VALUE: usize = 4 * 1024 * 1024;
+
+/// Room for the key and the message framing around a value.
+const MESSAGE_OVERHEAD: usize = 64 * 1024;
+
+#[derive(Clone)]
+struct KvService {
+    store: Arc<Store>,
+    pool: BlockingPool,
+}
+
+impl Kv for KvService {
+    fn get(&mut self, _ctx: RpcContext<'_>, req: GetRequest, sink: UnarySink<GetResponse>) {
+        let store = Arc::clone(&self.store);
+        self.pool.unary(sink, move || {
+            let mut resp = GetResponse::new();
+            resp.set_value(store.get(&req.key)?);
+            Ok(resp)
+        });
+    }
+
+    fn put(&mut self, _ctx: RpcContext<'_>, mut req: PutRequest, sink: UnarySink<Empty>) {
+        let store = Arc::clone(&self.store);
+        self.pool.unary(sink, move || {
+            let value = req.take_value();
+            store.put(&req.key, value)?;
+            Ok(Empty::new())
+        });
+    }
+}
+
+/// The plugin's settings, from its environment.
+struct Settings {
+    durability: Durability,
+    max_value: usize,
+}
+
+impl Settings {
+    fn from_env(env: &PluginEnv) -> Result<Settings, String> {
+        let durability = match env.get("KV_PLUGIN_DURABILITY").unwrap_or("") {
+            "" | "durable" => Durability::Durable,
+            "relaxed" => Durability::Relaxed,
+            other => {
+                return Err(format!(
+                    "KV_PLUGIN_DURABILITY={other:?}: must be \"durable\" or \"relaxed\""
+                ));
+            }
+        };
+        let max_value = match env.get("KV_PLUGIN_MAX_VALUE_BYTES").unwrap_or("") {
+            "" => DEFAULT_MAX_VALUE,
+            text => text
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n <= i32::MAX as usize - MESSAGE_OVERHEAD)
+                .ok_or_else(|| {
+                    format!(
+                        "KV_PLUGIN_MAX_VALUE_BYTES={text:?}: must be a number of bytes up to {}",
+                        i32::MAX as usize - MESSAGE_OVERHEAD
+                    )
+                })?,
+        };
+        Ok(Settings {
+            durability,
+            max_value,
+        })
+    }
+}
+
+fn run(env: PluginEnv) -> Result<(), String> {
+    let settings = Settings::from_env(&env)?;
+    let store = Store::open(Path::new("."), settings.durability, settings.max_value)
+        .map_err(|err| format!("cannot open the KV store in the working directory: {err}"))?;
+    let service = KvService {
+        store: Arc::new(store),
+        pool: BlockingPool::new(WORKERS),
+    };
+    PluginServer::builder(HANDSHAKE)
+        .env(env)
+        .service(create_kv(service))
+        .max_message_size(settings.max_value + MESSAGE_OVERHEAD)
+        .build()
+        .and_then(PluginServer::serve)
+        .map_err(|err| err.to_string())
+}
+
+fn main() -> ExitCode {
+    let env = PluginEnv::from_process();
+    // First of all, as go-plugin does: a person who runs the binary by hand
+    // gets go-plugin's message, in plain text, and nothing else happens.
+    if let Err(err @ Error::NotLaunchedByHost { .. }) = env.verify_cookie(&HANDSHAKE) {
+        let _ = writeln!(io::stderr(), "{err}");
+        return ExitCode::FAILURE;
+    }
+    // Logs are hclog JSON on stderr, which the host re-levels. No other
+    // logger exists in this binary, so this cannot fail.
+    let _ = goplugin::logging::init(log::LevelFilter::Info);
+    match run(env) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            log::error!("kv-plugin cannot serve: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
