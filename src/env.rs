@@ -17,6 +17,10 @@ pub const PLUGIN_MIN_PORT: &str = "PLUGIN_MIN_PORT";
 pub const PLUGIN_MAX_PORT: &str = "PLUGIN_MAX_PORT";
 /// PEM certificate of the host; set when the host wants AutoMTLS.
 pub const PLUGIN_CLIENT_CERT: &str = "PLUGIN_CLIENT_CERT";
+/// Directory for the plugin's unix socket (go-plugin 1.5+; else `TMPDIR`).
+pub const PLUGIN_UNIX_SOCKET_DIR: &str = "PLUGIN_UNIX_SOCKET_DIR";
+/// Group (name or gid) that may use the plugin's unix socket (go-plugin 1.5+).
+pub const PLUGIN_UNIX_SOCKET_GROUP: &str = "PLUGIN_UNIX_SOCKET_GROUP";
 /// Set (to `true`) when the host wants brokered connections multiplexed
 /// over one connection (go-plugin 1.6+).
 pub const PLUGIN_MULTIPLEX_GRPC: &str = "PLUGIN_MULTIPLEX_GRPC";

@@ -55,6 +55,22 @@ pub enum Error {
         max: u16,
     },
 
+    /// AutoMTLS could not be set up.
+    #[error("AutoMTLS: {reason}")]
+    Tls {
+        /// What failed.
+        reason: String,
+    },
+
+    /// The listener could not be opened.
+    #[error("cannot listen on {address}: {reason}")]
+    Bind {
+        /// The socket path or address.
+        address: String,
+        /// What failed and what to check.
+        reason: String,
+    },
+
     /// The host asked for a go-plugin feature this version of the crate does
     /// not implement.
     #[error("{feature} is not supported by this plugin: {hint}")]

@@ -105,6 +105,7 @@ mod listener;
 pub mod logging;
 pub mod proto;
 mod server;
+mod tls;
 
 pub use blocking::BlockingPool;
 pub use env::PluginEnv;

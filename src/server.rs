@@ -16,7 +16,8 @@ use grpcio_health::HealthService;
 use crate::env::PluginEnv;
 use crate::error::{Error, Result};
 use crate::handshake::{HandshakeConfig, HandshakeLine, negotiate_version};
-use crate::listener::{self, Listener};
+use crate::listener::{self, Listener, SocketFile, Transport};
+use crate::tls::AutoMtls;
 use crate::{controller, health};
 
 /// Serves `service` as a go-plugin plugin and blocks until the host shuts
@@ -53,8 +54,10 @@ pub fn serve(handshake: HandshakeConfig, service: grpcio::Service) -> Result<()>
 /// order, and prints nothing:
 /// 1. checks the magic cookie (the binary was started by its host);
 /// 2. picks the app protocol version from `PLUGIN_PROTOCOL_VERSIONS`;
-/// 3. binds a listener (TCP on 127.0.0.1 within
-///    `PLUGIN_MIN_PORT..=PLUGIN_MAX_PORT`);
+/// 3. binds a listener: a unix socket (in `PLUGIN_UNIX_SOCKET_DIR`, else
+///    `TMPDIR`, else `/tmp`) or, with [`force_tcp`](Self::force_tcp) or when
+///    a unix socket cannot work, TCP on 127.0.0.1 within
+///    `PLUGIN_MIN_PORT..=PLUGIN_MAX_PORT`;
 /// 4. registers the negotiated version's services next to the protocol's
 ///    own: health (`"plugin"` SERVING) and `plugin.GRPCController`.
 pub struct PluginServerBuilder {
@@ -63,6 +66,7 @@ pub struct PluginServerBuilder {
     env: Option<PluginEnv>,
     threads: usize,
     max_message_size: Option<usize>,
+    transport: Transport,
     output: Option<Box<dyn Write + Send>>,
     ignore_sigint: bool,
     shutdown_grace: Duration,
@@ -76,6 +80,7 @@ impl fmt::Debug for PluginServerBuilder {
             .field("env", &self.env)
             .field("threads", &self.threads)
             .field("max_message_size", &self.max_message_size)
+            .field("transport", &self.transport)
             .field("ignore_sigint", &self.ignore_sigint)
             .field("shutdown_grace", &self.shutdown_grace)
             .finish_non_exhaustive()
@@ -123,6 +128,14 @@ impl PluginServerBuilder {
         self
     }
 
+    /// Listen on TCP (127.0.0.1, within `PLUGIN_MIN_PORT..=PLUGIN_MAX_PORT`)
+    /// instead of a unix socket. Default: false, a unix socket as go-plugin's
+    /// own plugins use on Linux, with TCP only as a fallback.
+    pub fn force_tcp(mut self, tcp: bool) -> Self {
+        self.transport = if tcp { Transport::Tcp } else { Transport::Unix };
+        self
+    }
+
     /// Where [`PluginServer::serve`] writes the handshake line. Default:
     /// stdout, which is what a host reads.
     pub fn handshake_output(mut self, output: impl Write + Send + 'static) -> Self {
@@ -157,17 +170,15 @@ impl PluginServerBuilder {
     /// - [`Error::NotLaunchedByHost`]: the magic cookie is missing or wrong;
     /// - [`Error::InvalidEnv`]: `PLUGIN_MIN_PORT`/`PLUGIN_MAX_PORT` unusable;
     /// - [`Error::NoPortAvailable`]: every port of the range is taken;
-    /// - [`Error::Unsupported`]: the host asked for AutoMTLS;
+    /// - [`Error::InvalidEnv`] for `PLUGIN_CLIENT_CERT`: not a PEM certificate;
+    /// - [`Error::Bind`]: the unix socket cannot be created;
     /// - [`Error::Grpc`]: gRPC could not build the server.
     pub fn build(mut self) -> Result<PluginServer> {
         let env = self.env.take().unwrap_or_else(PluginEnv::from_process);
         env.verify_cookie(&self.handshake)?;
-        if env.client_cert().is_some() {
-            return Err(Error::Unsupported {
-                feature: "AutoMTLS (PLUGIN_CLIENT_CERT is set)",
-                hint: "turn off AutoMTLS in the host's ClientConfig",
-            });
-        }
+        // AutoMTLS only when the host asks: a host that did not ask for TLS
+        // panics on a certificate in the handshake line.
+        let tls = env.client_cert().map(AutoMtls::new).transpose()?;
 
         let version = self.negotiate(&env);
         grpcio::redirect_log();
@@ -197,19 +208,25 @@ impl PluginServerBuilder {
             builder = builder.register_service(service);
         }
         let mut server = builder.build()?;
-        let listener = listener::bind_tcp(&mut server, env.port_range()?)?;
+        let credentials = || match &tls {
+            Some(tls) => tls.server_credentials(),
+            None => grpcio::ServerCredentials::insecure(),
+        };
+        let (listener, socket_file) =
+            listener::bind(&mut server, self.transport, &env, &credentials)?;
 
         let line = HandshakeLine {
             app_protocol_version: version,
             network: listener.network.clone(),
             address: listener.address.clone(),
-            server_cert: None,
+            server_cert: tls.as_ref().map(|tls| tls.handshake_field().to_string()),
             // Multiplexing is not implemented: say so, and the host reports
             // it clearly instead of failing on its first brokered call.
             multiplex: env.multiplex_grpc().then_some(false),
         };
         Ok(PluginServer {
             server,
+            socket_file,
             health,
             listener,
             line,
@@ -282,6 +299,9 @@ impl PluginServerBuilder {
 /// ```
 pub struct PluginServer {
     server: grpcio::Server,
+    /// Removed when the server stops (or, if it never served, after
+    /// `server` is dropped: fields drop in order).
+    socket_file: Option<SocketFile>,
     health: HealthService,
     listener: Listener,
     line: HandshakeLine,
@@ -310,6 +330,7 @@ impl PluginServer {
             env: None,
             threads: 1,
             max_message_size: None,
+            transport: Transport::Unix,
             output: None,
             ignore_sigint: true,
             shutdown_grace: Duration::from_millis(500),
@@ -375,6 +396,8 @@ impl PluginServer {
         }
         // Once cancelled, gRPC completes the shutdown in about a millisecond.
         let _ = finished.recv_timeout(Duration::from_secs(1));
+        // Nothing listens any more: the socket file can go.
+        drop(self.socket_file.take());
     }
 }
 

@@ -110,9 +110,14 @@ fn the_highest_common_version_selects_its_services() {
             "{offered}"
         );
         let stop = server.shutdown_handle();
-        let address = server.listener().address.clone();
+        let address = server.listener().dial_target();
+        let server_listener = server.listener().clone();
         let (line, handle) = serve(server, &out);
-        assert_eq!(line, format!("1|{version}|tcp|{address}|grpc\n"));
+        let listener = server_listener.clone();
+        assert_eq!(
+            line,
+            format!("1|{version}|unix|{}|grpc\n", listener.address)
+        );
         let kv = client(&address);
         match (answer, get(&kv, "k")) {
             (Some(want), Ok(got)) => assert_eq!(&got, want, "{offered}"),
@@ -222,7 +227,7 @@ fn blocking_handlers_run_concurrently_on_one_connection() {
         .build()
         .unwrap();
     let stop = server.shutdown_handle();
-    let address = server.listener().address.clone();
+    let address = server.listener().dial_target();
     let (_, handle) = serve(server, &out);
     let kv = client(&address); // one channel: one connection
     let calls: Vec<_> = (0..parties)

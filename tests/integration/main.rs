@@ -9,3 +9,4 @@ mod library;
 mod matrix;
 mod plugin_cli;
 mod support;
+mod transport;

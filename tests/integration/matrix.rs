@@ -8,37 +8,46 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::thread;
 use std::time::Duration;
 
-use crate::support::{Host, HostRun, Plugin, field, gone_within, tempdir};
+use crate::support::{Cell, Plugin, field, gone_within, tempdir};
 
+macro_rules! cells {
+    ($scenario:ident: $($name:ident = $host:ident $plugin:ident $transport:ident),* $(,)?) => {
+        mod $scenario {
+            use crate::support::{Cell, Host, Plugin, Transport};
+            $(
+                #[test]
+                fn $name() {
+                    super::$scenario(Cell {
+                        host: Host::$host,
+                        plugin: Plugin::$plugin,
+                        transport: Transport::$transport,
+                    })
+                }
+            )*
+        }
+    };
+}
+
+/// Every scenario runs in every cell: both hosts × the three plugins on
+/// their default transport (Rust and Go: a unix socket; Python: TCP), plus
+/// the Rust plugin forced to TCP, and AutoMTLS for the plugins that support
+/// it (the Python reference does not: it serves without TLS).
 macro_rules! matrix {
     ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            use crate::support::{Host, Plugin};
-            #[test]
-            fn current_rust() {
-                super::$scenario(Host::Current, Plugin::Rust)
-            }
-            #[test]
-            fn current_python() {
-                super::$scenario(Host::Current, Plugin::Python)
-            }
-            #[test]
-            fn v101_rust() {
-                super::$scenario(Host::V101, Plugin::Rust)
-            }
-            #[test]
-            fn v101_python() {
-                super::$scenario(Host::V101, Plugin::Python)
-            }
-            #[test]
-            fn current_go() {
-                super::$scenario(Host::Current, Plugin::Go)
-            }
-            #[test]
-            fn v101_go() {
-                super::$scenario(Host::V101, Plugin::Go)
-            }
-        }
+        cells!($scenario:
+            current_rust = Current Rust Default,
+            current_python = Current Python Default,
+            current_go = Current Go Default,
+            v101_rust = V101 Rust Default,
+            v101_python = V101 Python Default,
+            v101_go = V101 Go Default,
+            current_rust_tcp = Current Rust Tcp,
+            v101_rust_tcp = V101 Rust Tcp,
+            current_rust_mtls = Current Rust Mtls,
+            v101_rust_mtls = V101 Rust Mtls,
+            current_go_mtls = Current Go Mtls,
+            v101_go_mtls = V101 Go Mtls,
+        );
     )*};
 }
 
@@ -65,15 +74,16 @@ fn with_trailer(plugin: Plugin, value: &[u8]) -> Vec<u8> {
 
 /// Put `value` under `key` through the host, read it back through the host
 /// (files, so any byte survives), and check the file the plugin wrote.
-fn put_get_bytes(host: Host, plugin: Plugin, key: &str, value: &[u8]) {
+fn put_get_bytes(c: Cell, key: &str, value: &[u8]) {
+    let plugin = c.plugin;
     let dir = tempdir();
     let input = dir.path().join("value.in");
     let output = dir.path().join("value.out");
     fs::write(&input, value).unwrap();
-    HostRun::new(host, plugin, dir.path())
+    c.host_run(dir.path())
         .run(&["put-file", key, input.to_str().unwrap()])
         .assert_success();
-    HostRun::new(host, plugin, dir.path())
+    c.host_run(dir.path())
         .run(&["get-file", key, output.to_str().unwrap()])
         .assert_success();
     let want = with_trailer(plugin, value);
@@ -90,12 +100,13 @@ fn put_get_bytes(host: Host, plugin: Plugin, key: &str, value: &[u8]) {
     );
 }
 
-fn roundtrip(host: Host, plugin: Plugin) {
+fn roundtrip(c: Cell) {
+    let plugin = c.plugin;
     let dir = tempdir();
-    let put = HostRun::new(host, plugin, dir.path()).run(&["put", "hello", "world"]);
+    let put = c.host_run(dir.path()).run(&["put", "hello", "world"]);
     put.assert_success();
     assert_eq!(put.stdout_str(), "", "put prints nothing");
-    let get = HostRun::new(host, plugin, dir.path()).run(&["get", "hello"]);
+    let get = c.host_run(dir.path()).run(&["get", "hello"]);
     get.assert_success();
     assert_eq!(
         get.stdout,
@@ -107,32 +118,33 @@ fn roundtrip(host: Host, plugin: Plugin) {
     );
 }
 
-fn binary_values(host: Host, plugin: Plugin) {
+fn binary_values(c: Cell) {
     let value: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
-    put_get_bytes(host, plugin, "binary", &value);
+    put_get_bytes(c, "binary", &value);
 }
 
-fn large_value(host: Host, plugin: Plugin) {
+fn large_value(c: Cell) {
     // 1 MiB of varied bytes: well inside gRPC's default 4 MiB message limit.
     let value: Vec<u8> = (0..1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    put_get_bytes(host, plugin, "large", &value);
+    put_get_bytes(c, "large", &value);
 }
 
-fn empty_value(host: Host, plugin: Plugin) {
-    put_get_bytes(host, plugin, "empty", b"");
+fn empty_value(c: Cell) {
+    put_get_bytes(c, "empty", b"");
 }
 
-fn overwrite(host: Host, plugin: Plugin) {
+fn overwrite(c: Cell) {
+    let plugin = c.plugin;
     let dir = tempdir();
-    HostRun::new(host, plugin, dir.path())
+    c.host_run(dir.path())
         .run(&["put", "k", "a much longer first value"])
         .assert_success();
-    HostRun::new(host, plugin, dir.path())
+    c.host_run(dir.path())
         .run(&["put", "k", "short"])
         .assert_success();
-    let get = HostRun::new(host, plugin, dir.path()).run(&["get", "k"]);
+    let get = c.host_run(dir.path()).run(&["get", "k"]);
     get.assert_success();
     assert_eq!(
         get.stdout,
@@ -140,13 +152,14 @@ fn overwrite(host: Host, plugin: Plugin) {
     );
 }
 
-fn unicode_key(host: Host, plugin: Plugin) {
+fn unicode_key(c: Cell) {
+    let plugin = c.plugin;
     let dir = tempdir();
     let key = "ключ-🔑-キー";
-    HostRun::new(host, plugin, dir.path())
+    c.host_run(dir.path())
         .run(&["put", key, "значение ✓"])
         .assert_success();
-    let get = HostRun::new(host, plugin, dir.path()).run(&["get", key]);
+    let get = c.host_run(dir.path()).run(&["get", key]);
     get.assert_success();
     assert_eq!(
         get.stdout,
@@ -162,9 +175,10 @@ fn unicode_key(host: Host, plugin: Plugin) {
     );
 }
 
-fn missing_key(host: Host, plugin: Plugin) {
+fn missing_key(c: Cell) {
+    let plugin = c.plugin;
     let dir = tempdir();
-    let get = HostRun::new(host, plugin, dir.path()).run(&["get", "nope"]);
+    let get = c.host_run(dir.path()).run(&["get", "nope"]);
     get.assert_failure();
     let stdout = get.stdout_str();
     match plugin {
@@ -187,22 +201,24 @@ fn missing_key(host: Host, plugin: Plugin) {
     }
 }
 
-fn ping(host: Host, plugin: Plugin) {
+fn ping(c: Cell) {
     let dir = tempdir();
-    let out = HostRun::new(host, plugin, dir.path()).run(&["ping"]);
+    let out = c.host_run(dir.path()).run(&["ping"]);
     out.assert_success();
     assert_eq!(out.stdout_str(), "ok\n");
 }
 
 /// Several host processes, each with its own plugin, writing at once.
-fn concurrent_hosts(host: Host, plugin: Plugin) {
+fn concurrent_hosts(c: Cell) {
+    let plugin = c.plugin;
     let dir = tempdir();
     let path = dir.path().to_path_buf();
     let writers: Vec<_> = (0..6)
         .map(|i| {
             let path = path.clone();
             thread::spawn(move || {
-                HostRun::new(host, plugin, &path).run(&["put", &format!("k{i}"), &format!("v{i}")])
+                c.host_run(&path)
+                    .run(&["put", &format!("k{i}"), &format!("v{i}")])
             })
         })
         .collect();
@@ -210,7 +226,7 @@ fn concurrent_hosts(host: Host, plugin: Plugin) {
         writer.join().unwrap().assert_success();
     }
     for i in 0..6 {
-        let get = HostRun::new(host, plugin, dir.path()).run(&["get", &format!("k{i}")]);
+        let get = c.host_run(dir.path()).run(&["get", &format!("k{i}")]);
         get.assert_success();
         assert_eq!(
             get.stdout,
@@ -224,21 +240,21 @@ fn concurrent_hosts(host: Host, plugin: Plugin) {
 }
 
 /// 16 goroutines of one host share its single connection to the plugin.
-fn concurrent_calls(host: Host, plugin: Plugin) {
+fn concurrent_calls(c: Cell) {
     let dir = tempdir();
-    let out = HostRun::new(host, plugin, dir.path()).run(&["concurrent", "16", "10"]);
+    let out = c.host_run(dir.path()).run(&["concurrent", "16", "10"]);
     out.assert_success();
     assert_eq!(out.stdout_str(), "ok=320 failed=0\n");
 }
 
 /// `Kill()` calls GRPCController/Shutdown; the plugin must exit by itself
 /// before the host's 2 s deadline, so the host never has to SIGKILL it.
-fn kill(host: Host, plugin: Plugin) {
+fn kill(c: Cell) {
     let dir = tempdir();
-    HostRun::new(host, plugin, dir.path())
+    c.host_run(dir.path())
         .run(&["put", "hello", "world"])
         .assert_success();
-    let out = HostRun::new(host, plugin, dir.path()).run(&["kill", "hello"]);
+    let out = c.host_run(dir.path()).run(&["kill", "hello"]);
     out.assert_success();
     let line = out.stdout_str();
     let kill_ms: f64 = field(&line, "kill_ms")
@@ -247,7 +263,7 @@ fn kill(host: Host, plugin: Plugin) {
     let pid: u32 = field(&line, "pid")
         .and_then(|v| v.parse().ok())
         .expect("pid");
-    eprintln!("{host:?}/{plugin:?}: Kill() took {kill_ms} ms");
+    eprintln!("{c:?}: Kill() took {kill_ms} ms");
     assert!(
         !out.stderr.contains("plugin failed to exit gracefully"),
         "the host had to SIGKILL the plugin:\n{}",
@@ -259,9 +275,11 @@ fn kill(host: Host, plugin: Plugin) {
     );
 }
 
-fn wrong_cookie(host: Host, plugin: Plugin) {
+fn wrong_cookie(c: Cell) {
+    let plugin = c.plugin;
     let dir = tempdir();
-    let out = HostRun::new(host, plugin, dir.path())
+    let out = c
+        .host_run(dir.path())
         .env("KV_HOST_COOKIE", "goodbye")
         .run(&["put", "a", "b"]);
     match plugin {
@@ -287,11 +305,12 @@ fn wrong_cookie(host: Host, plugin: Plugin) {
     }
 }
 
-fn version_negotiation(host: Host, plugin: Plugin) {
+fn version_negotiation(c: Cell) {
     let dir = tempdir();
     // The host offers 1 and 2 (in random order, as go-plugin's map does):
     // the plugin speaks only 1.
-    let out = HostRun::new(host, plugin, dir.path())
+    let out = c
+        .host_run(dir.path())
         .env("KV_HOST_VERSIONS", "2,1")
         .run(&["info"]);
     out.assert_success();
@@ -303,7 +322,8 @@ fn version_negotiation(host: Host, plugin: Plugin) {
     );
 
     // No common version: the plugin advertises its lowest and the host says so.
-    let out = HostRun::new(host, plugin, dir.path())
+    let out = c
+        .host_run(dir.path())
         .env("KV_HOST_VERSIONS", "2,3")
         .run(&["info"]);
     out.assert_failure();
@@ -325,7 +345,8 @@ fn free_port_run(n: u16) -> u16 {
     panic!("no run of {n} free ports on 127.0.0.1");
 }
 
-fn port_range(host: Host, plugin: Plugin) {
+fn port_range(c: Cell) {
+    let plugin = c.plugin;
     let dir = tempdir();
     let base = free_port_run(3);
     // The first two ports of the range are taken by another listener.
@@ -333,7 +354,7 @@ fn port_range(host: Host, plugin: Plugin) {
         .map(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, base + i)).unwrap())
         .collect();
     let range = |max: u16| {
-        HostRun::new(host, plugin, dir.path())
+        c.host_run(dir.path())
             .env("KV_HOST_MIN_PORT", &base.to_string())
             .env("KV_HOST_MAX_PORT", &max.to_string())
     };
@@ -342,12 +363,8 @@ fn port_range(host: Host, plugin: Plugin) {
     out.assert_success();
     let stdout = out.stdout_str();
     let addr = field(&stdout, "addr").expect("addr");
-    if plugin == Plugin::Go {
-        // A Go plugin always listens on a unix socket on Linux; the port
-        // range only matters for TCP.
-        assert_eq!(field(&stdout, "network"), Some("unix"), "{stdout}");
-    } else {
-        assert_eq!(field(&stdout, "network"), Some("tcp"), "{stdout}");
+    assert_eq!(field(&stdout, "network"), Some(c.network()), "{stdout}");
+    if c.network() == "tcp" {
         let port: u16 = addr
             .strip_prefix("127.0.0.1:")
             .and_then(|p| p.parse().ok())
@@ -359,19 +376,17 @@ fn port_range(host: Host, plugin: Plugin) {
         }
     }
 
-    // Every port of the range taken.
+    // Every port of the range taken: only a plugin that uses the range on
+    // TCP notices (Go and Rust plugins on unix sockets never need a port).
     let out = range(base + 1).run(&["info"]);
-    match plugin {
-        Plugin::Rust => {
-            out.assert_failure();
-            assert!(
-                out.stderr.contains("couldn't bind plugin TCP listener"),
-                "{}",
-                out.stderr
-            );
-        }
-        Plugin::Python | Plugin::Go => {
-            out.assert_success();
-        }
+    if plugin == Plugin::Rust && c.network() == "tcp" {
+        out.assert_failure();
+        assert!(
+            out.stderr.contains("couldn't bind plugin TCP listener"),
+            "{}",
+            out.stderr
+        );
+    } else {
+        out.assert_success();
     }
 }

@@ -79,7 +79,11 @@ fn unusable_port_variables_are_named_in_the_error() {
         ),
     ];
     for (vars, wants) in cases {
-        let env: Vec<(&str, &str)> = [COOKIE].iter().chain(vars.iter()).copied().collect();
+        let env: Vec<(&str, &str)> = [COOKIE, ("KV_PLUGIN_NETWORK", "tcp")]
+            .iter()
+            .chain(vars.iter())
+            .copied()
+            .collect();
         let out = run_plugin(Plugin::Rust, &env);
         assert_eq!(out.status.code(), Some(1), "{vars:?}: {}", out.stderr);
         assert_eq!(out.stdout_str(), "", "{vars:?}");
@@ -99,19 +103,21 @@ fn unusable_port_variables_are_named_in_the_error() {
 }
 
 #[test]
-fn autmtls_is_refused_clearly_until_it_is_supported() {
+fn a_malformed_client_cert_stops_the_plugin_at_start() {
     let out = run_plugin(
         Plugin::Rust,
         &[
             COOKIE,
-            ("PLUGIN_CLIENT_CERT", "-----BEGIN CERTIFICATE-----"),
+            (
+                "PLUGIN_CLIENT_CERT",
+                "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+            ),
         ],
     );
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(out.stdout_str(), "");
     assert!(
-        out.stderr
-            .contains("AutoMTLS (PLUGIN_CLIENT_CERT is set) is not supported"),
+        out.stderr.contains("PLUGIN_CLIENT_CERT=") && out.stderr.contains("not valid base64"),
         "{}",
         out.stderr
     );
@@ -119,23 +125,43 @@ fn autmtls_is_refused_clearly_until_it_is_supported() {
 
 #[test]
 fn handshake_lines_follow_the_environment() {
-    let cases: &[(Vars, &str)] = &[
-        (&[COOKIE, ("PLUGIN_PROTOCOL_VERSIONS", "1")], "|grpc\n"),
+    const TCP: (&str, &str) = ("KV_PLUGIN_NETWORK", "tcp");
+    let cases: &[(Vars, &str, &str)] = &[
+        (
+            &[COOKIE, ("PLUGIN_PROTOCOL_VERSIONS", "1")],
+            "1|1|unix|/",
+            "|grpc\n",
+        ),
+        (
+            &[COOKIE, ("PLUGIN_PROTOCOL_VERSIONS", "1"), TCP],
+            "1|1|tcp|127.0.0.1:",
+            "|grpc\n",
+        ),
         // Bad entries are skipped; no common version advertises the lowest.
-        (&[COOKIE, ("PLUGIN_PROTOCOL_VERSIONS", "x,1,")], "|grpc\n"),
-        (&[COOKIE, ("PLUGIN_PROTOCOL_VERSIONS", "5")], "|grpc\n"),
-        (&[COOKIE], "|grpc\n"),
+        (
+            &[COOKIE, ("PLUGIN_PROTOCOL_VERSIONS", "x,1,")],
+            "1|1|unix|/",
+            "|grpc\n",
+        ),
+        (
+            &[COOKIE, ("PLUGIN_PROTOCOL_VERSIONS", "5")],
+            "1|1|unix|/",
+            "|grpc\n",
+        ),
+        (&[COOKIE, TCP], "1|1|tcp|127.0.0.1:", "|grpc\n"),
         // A host asking for multiplexing learns that this plugin cannot.
         (
             &[COOKIE, ("PLUGIN_MULTIPLEX_GRPC", "true")],
+            "1|1|unix|/",
             "|grpc||false\n",
         ),
     ];
-    for (env, suffix) in cases {
+    for (env, prefix, suffix) in cases {
         let running = Running::start(Plugin::Rust, env);
         let line = running.line.clone();
-        assert!(line.starts_with("1|1|tcp|127.0.0.1:"), "{env:?}: {line:?}");
+        assert!(line.starts_with(prefix), "{env:?}: {line:?}");
         assert!(line.ends_with(suffix), "{env:?}: {line:?}");
+        assert_eq!(line.matches('\n').count(), 1, "{env:?}: one line");
         let (status, rest) = running.shutdown();
         assert!(status.success(), "{env:?}: {status}");
         assert!(
@@ -161,7 +187,7 @@ fn invalid_version_entries_are_logged_as_warnings() {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
-    let address = line.split('|').nth(3).unwrap().to_string();
+    let address = format!("unix:{}", line.split('|').nth(3).unwrap());
     let env = Arc::new(EnvBuilder::new().cq_count(1).build());
     let _ = GrpcControllerClient::new(ChannelBuilder::new(env).connect(&address))
         .shutdown(&Empty::new());

@@ -94,6 +94,45 @@ impl Plugin {
     }
 }
 
+/// How the plugin and host connect in a matrix cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// The plugin's own choice (Rust and Go: a unix socket; Python: TCP).
+    Default,
+    /// The Rust plugin told to use TCP (`KV_PLUGIN_NETWORK=tcp`).
+    Tcp,
+    /// The host runs AutoMTLS.
+    Mtls,
+}
+
+/// One cell of the scenario matrix.
+#[derive(Clone, Copy, Debug)]
+pub struct Cell {
+    pub host: Host,
+    pub plugin: Plugin,
+    pub transport: Transport,
+}
+
+impl Cell {
+    /// A host run in `dir` with this cell's plugin and transport.
+    pub fn host_run(self, dir: &Path) -> HostRun {
+        let run = HostRun::new(self.host, self.plugin, dir);
+        match self.transport {
+            Transport::Default => run,
+            Transport::Tcp => run.env("KV_PLUGIN_NETWORK", "tcp"),
+            Transport::Mtls => run.env("KV_HOST_AUTOMTLS", "1"),
+        }
+    }
+
+    /// The network the plugin listens on in this cell.
+    pub fn network(self) -> &'static str {
+        match (self.plugin, self.transport) {
+            (Plugin::Python, _) | (Plugin::Rust, Transport::Tcp) => "tcp",
+            _ => "unix",
+        }
+    }
+}
+
 /// What a finished process left behind.
 #[derive(Debug)]
 pub struct Output {
@@ -319,23 +358,44 @@ impl Running {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    /// The TCP address of the handshake line.
-    pub fn address(&self) -> String {
+    /// What a grpcio client dials for the handshake line's address.
+    pub fn target(&self) -> String {
         let fields: Vec<&str> = self.line.trim_end().split('|').collect();
         assert!(fields.len() >= 5, "handshake line {:?}", self.line);
-        assert_eq!(fields[2], "tcp", "{:?}", self.line);
-        fields[3].to_string()
+        match fields[2] {
+            "tcp" => fields[3].to_string(),
+            "unix" => format!("unix:{}", fields[3]),
+            other => panic!("network {other:?} in {:?}", self.line),
+        }
     }
 
     pub fn channel(&self) -> goplugin::grpcio::Channel {
         let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-        ChannelBuilder::new(env).connect(&self.address())
+        ChannelBuilder::new(env).connect(&self.target())
     }
 
     /// Calls GRPCController/Shutdown and waits for the process to end.
     /// Returns what stdout carried after the handshake line.
-    pub fn shutdown(mut self) -> (std::process::ExitStatus, Vec<u8>) {
-        let controller = GrpcControllerClient::new(self.channel());
+    pub fn shutdown(self) -> (std::process::ExitStatus, Vec<u8>) {
+        self.shutdown_with(None)
+    }
+
+    /// [`shutdown`](Self::shutdown) over a channel with `creds` (AutoMTLS).
+    pub fn shutdown_with(
+        mut self,
+        creds: Option<goplugin::grpcio::ChannelCredentials>,
+    ) -> (std::process::ExitStatus, Vec<u8>) {
+        let channel = match creds {
+            Some(creds) => {
+                let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+                ChannelBuilder::new(env)
+                    .override_ssl_target("localhost")
+                    .set_credentials(creds)
+                    .connect(&self.target())
+            }
+            None => self.channel(),
+        };
+        let controller = GrpcControllerClient::new(channel);
         // The plugin may close the connection before the answer arrives,
         // as Go plugins do; the host ignores the result too.
         let _ = controller.shutdown(&Empty::new());

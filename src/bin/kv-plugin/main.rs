@@ -14,6 +14,7 @@
 //! |---|---|---|
 //! | `KV_PLUGIN_DURABILITY` | `durable` (fsync file and directory before answering a Put) or `relaxed` | `durable` |
 //! | `KV_PLUGIN_MAX_VALUE_BYTES` | largest value a Put accepts, in bytes | 4194304 (4 MiB) |
+//! | `KV_PLUGIN_NETWORK` | `unix` (a unix socket, TCP where that cannot work) or `tcp` | `unix` |
 
 mod store;
 
@@ -74,6 +75,7 @@ impl Kv for KvService {
 struct Settings {
     durability: Durability,
     max_value: usize,
+    tcp: bool,
 }
 
 impl Settings {
@@ -100,9 +102,19 @@ impl Settings {
                     )
                 })?,
         };
+        let tcp = match env.get("KV_PLUGIN_NETWORK").unwrap_or("") {
+            "" | "unix" => false,
+            "tcp" => true,
+            other => {
+                return Err(format!(
+                    "KV_PLUGIN_NETWORK={other:?}: must be \"unix\" or \"tcp\""
+                ));
+            }
+        };
         Ok(Settings {
             durability,
             max_value,
+            tcp,
         })
     }
 }
@@ -119,6 +131,7 @@ fn run(env: PluginEnv) -> Result<(), String> {
         .env(env)
         .service(create_kv(service))
         .max_message_size(settings.max_value + MESSAGE_OVERHEAD)
+        .force_tcp(settings.tcp)
         .build()
         .and_then(PluginServer::serve)
         .map_err(|err| err.to_string())

@@ -1,0 +1,226 @@
+//! AutoMTLS: only the host that started the plugin may talk to it.
+//!
+//! When the host sets `PLUGIN_CLIENT_CERT` (its one-time certificate, PEM),
+//! the plugin
+//! 1. trusts exactly that certificate, and requires and verifies a client
+//!    certificate on every connection;
+//! 2. serves TLS 1.2+ with its own fresh self-signed certificate, and puts
+//!    that certificate's DER, base64 (standard alphabet, no padding, Go's
+//!    `RawStdEncoding`), in field 6 of the handshake line, which the host
+//!    then trusts.
+//!
+//! Mirrors go-plugin's `mtls.go` and the TLS part of `server.go`, with one
+//! change: the key is ECDSA P-256, the only curve gRPC C-core offers (Go
+//! uses P-521). The host's P-521 certificate is verified by the system
+//! OpenSSL that grpcio is built against here (grpcio's bundled BoringSSL
+//! refuses its SHA-512 signature under TLS 1.3).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use grpcio::{CertificateRequestType, ServerCredentials, ServerCredentialsBuilder};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SerialNumber,
+};
+
+use crate::env::PLUGIN_CLIENT_CERT;
+use crate::error::{Error, Result};
+
+/// The plugin's side of AutoMTLS: its certificate and the host's.
+pub(crate) struct AutoMtls {
+    host_cert_pem: Vec<u8>,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    handshake_field: String,
+}
+
+impl std::fmt::Debug for AutoMtls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the private key.
+        f.debug_struct("AutoMtls")
+            .field("handshake_field", &self.handshake_field)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AutoMtls {
+    /// Checks the host's certificate and makes the plugin's own.
+    pub(crate) fn new(host_cert_pem: &str) -> Result<AutoMtls> {
+        check_certificate_pem(host_cert_pem)?;
+        let (cert_pem, key_pem, cert_der) = generate_certificate().map_err(|e| Error::Tls {
+            reason: format!("cannot generate the plugin's certificate: {e}"),
+        })?;
+        Ok(AutoMtls {
+            host_cert_pem: host_cert_pem.as_bytes().to_vec(),
+            cert_pem: cert_pem.into_bytes(),
+            key_pem: key_pem.into_bytes(),
+            handshake_field: STANDARD_NO_PAD.encode(cert_der),
+        })
+    }
+
+    /// Field 6 of the handshake line.
+    pub(crate) fn handshake_field(&self) -> &str {
+        &self.handshake_field
+    }
+
+    /// Server credentials: our certificate, and a client certificate that
+    /// the host's certificate verifies is required.
+    pub(crate) fn server_credentials(&self) -> ServerCredentials {
+        ServerCredentialsBuilder::new()
+            .root_cert(
+                self.host_cert_pem.clone(),
+                CertificateRequestType::RequestAndRequireClientCertificateAndVerify,
+            )
+            .add_cert(self.cert_pem.clone(), self.key_pem.clone())
+            .build()
+    }
+}
+
+/// A self-signed certificate like go-plugin's `generateCert`: CN and SAN
+/// `localhost`, a CA that may sign certificates, usable for server and
+/// client authentication, valid from 30 s ago for 30 years. Returns the
+/// certificate PEM, the key PEM and the certificate DER.
+fn generate_certificate() -> std::result::Result<(String, String, Vec<u8>), rcgen::Error> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, "localhost");
+    name.push(DnType::OrganizationName, "HashiCorp");
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+        KeyUsagePurpose::KeyAgreement,
+        KeyUsagePurpose::KeyCertSign,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::seconds(30);
+    params.not_after = now + time::Duration::hours(262_980);
+    let mut serial = [0u8; 16];
+    fill_random(&mut serial);
+    serial[0] &= 0x7f; // a positive INTEGER
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem(), cert.der().to_vec()))
+}
+
+fn fill_random(buf: &mut [u8]) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: getrandom(2) writes at most the remaining length into `buf`.
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n <= 0 {
+            // Only uniqueness matters for a serial number; fall back to time.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            for (i, byte) in buf[filled..].iter_mut().enumerate() {
+                *byte = (nanos >> ((i % 16) * 8)) as u8;
+            }
+            return;
+        }
+        filled += n as usize;
+    }
+}
+
+/// Checks that `pem` holds at least one well-formed `CERTIFICATE` block, so
+/// a broken `PLUGIN_CLIENT_CERT` stops the plugin at start instead of
+/// failing every connection later (go-plugin only logs it).
+fn check_certificate_pem(pem: &str) -> Result<()> {
+    let invalid = |reason: &str| Error::InvalidEnv {
+        var: PLUGIN_CLIENT_CERT,
+        value: pem.chars().take(64).collect::<String>() + if pem.len() > 64 { "…" } else { "" },
+        reason: format!("{reason}; the host must pass its certificate as PEM (AutoMTLS)"),
+    };
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut rest = pem;
+    let mut found = false;
+    while let Some(start) = rest.find(BEGIN) {
+        let body_and_rest = &rest[start + BEGIN.len()..];
+        let end = body_and_rest
+            .find(END)
+            .ok_or_else(|| invalid("a CERTIFICATE block has no END line"))?;
+        let body: String = body_and_rest[..end]
+            .chars()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect();
+        let der = STANDARD
+            .decode(body)
+            .map_err(|_| invalid("a CERTIFICATE block is not valid base64"))?;
+        if !is_der_sequence(&der) {
+            return Err(invalid(
+                "a CERTIFICATE block does not hold a DER certificate",
+            ));
+        }
+        found = true;
+        rest = &body_and_rest[end + END.len()..];
+    }
+    if found {
+        Ok(())
+    } else {
+        Err(invalid("no CERTIFICATE block found"))
+    }
+}
+
+/// Whether `der` is exactly one DER SEQUENCE (what every X.509 certificate is).
+fn is_der_sequence(der: &[u8]) -> bool {
+    let [0x30, first, rest @ ..] = der else {
+        return false;
+    };
+    let (len, header) = match *first {
+        n if n < 0x80 => (n as usize, 2),
+        0x81..=0x84 => {
+            let count = (*first - 0x80) as usize;
+            if rest.len() < count {
+                return false;
+            }
+            (
+                rest[..count]
+                    .iter()
+                    .fold(0usize, |acc, b| (acc << 8) | *b as usize),
+                2 + count,
+            )
+        }
+        _ => return false,
+    };
+    der.len() == header + len && len > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_certificate_and_handshake_field() {
+        let (cert_pem, _, der) = generate_certificate().unwrap();
+        check_certificate_pem(&cert_pem).expect("our own certificate is well-formed");
+        let field = STANDARD_NO_PAD.encode(&der);
+        assert!(!field.contains('=') && !field.contains('\n'));
+        assert!(
+            field.len() > 50,
+            "the host decodes field 6 only past 50 characters"
+        );
+        assert_eq!(STANDARD_NO_PAD.decode(&field).unwrap(), der);
+    }
+
+    #[test]
+    fn malformed_host_certificates_are_refused() {
+        for pem in [
+            "",
+            "hello",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n",
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        ] {
+            let err = check_certificate_pem(pem).expect_err(pem).to_string();
+            assert!(err.starts_with("PLUGIN_CLIENT_CERT="), "{err}");
+        }
+    }
+}

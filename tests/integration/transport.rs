@@ -1,0 +1,235 @@
+//! Transport rules checked on the plugin directly: unix socket placement,
+//! permissions, group, removal and the TCP fallback; AutoMTLS that lets only
+//! the host's certificate in. (The matrix runs the same transports through
+//! the real hosts.)
+
+use std::ffi::CStr;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use goplugin::grpcio::{ChannelBuilder, ChannelCredentialsBuilder, EnvBuilder};
+use goplugin::proto::kv::{KvClient, PutRequest};
+use rcgen::{CertificateParams, KeyPair};
+
+use crate::support::{COOKIE, Plugin, Running, plugin_command, run, tempdir};
+
+fn socket_path(running: &Running) -> String {
+    let fields: Vec<&str> = running.line.trim_end().split('|').collect();
+    assert_eq!(fields[2], "unix", "{:?}", running.line);
+    fields[3].to_string()
+}
+
+#[test]
+fn the_socket_lives_in_plugin_unix_socket_dir_owner_only_and_goes_away() {
+    let dir = tempdir();
+    let running = Running::start(
+        Plugin::Rust,
+        &[
+            COOKIE,
+            ("PLUGIN_UNIX_SOCKET_DIR", dir.path().to_str().unwrap()),
+        ],
+    );
+    let path = socket_path(&running);
+    assert_eq!(Path::new(&path).parent(), Some(dir.path()), "{path}");
+    let name = Path::new(&path).file_name().unwrap().to_str().unwrap();
+    assert!(
+        name.strip_prefix("plugin")
+            .is_some_and(|n| n.parse::<u32>().is_ok()),
+        "{name}"
+    );
+    let meta = fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "owner only");
+    let (status, _) = running.shutdown();
+    assert!(status.success());
+    assert!(
+        !Path::new(&path).exists(),
+        "the socket file is removed on exit"
+    );
+}
+
+#[test]
+fn tmpdir_is_used_without_plugin_unix_socket_dir() {
+    let dir = tempdir();
+    let running = Running::start(
+        Plugin::Rust,
+        &[COOKIE, ("TMPDIR", dir.path().to_str().unwrap())],
+    );
+    assert_eq!(Path::new(&socket_path(&running)).parent(), Some(dir.path()));
+}
+
+/// The name of the group with `gid`, from the system's group database.
+fn group_name(gid: u32) -> String {
+    // SAFETY: getgrgid returns a pointer to static storage, read at once.
+    unsafe {
+        let entry = libc::getgrgid(gid);
+        assert!(!entry.is_null(), "gid {gid} has no name");
+        CStr::from_ptr((*entry).gr_name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+#[test]
+fn plugin_unix_socket_group_by_name_or_number_gives_mode_0660() {
+    // SAFETY: getgid cannot fail.
+    let gid = unsafe { libc::getgid() };
+    for group in [gid.to_string(), group_name(gid)] {
+        let dir = tempdir();
+        let running = Running::start(
+            Plugin::Rust,
+            &[
+                COOKIE,
+                ("PLUGIN_UNIX_SOCKET_DIR", dir.path().to_str().unwrap()),
+                ("PLUGIN_UNIX_SOCKET_GROUP", &group),
+            ],
+        );
+        let meta = fs::metadata(socket_path(&running)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660, "group {group}");
+        assert_eq!(meta.gid(), gid, "group {group}");
+    }
+}
+
+#[test]
+fn an_unknown_group_is_an_error_naming_the_variable() {
+    let dir = tempdir();
+    let out = run(plugin_command(
+        Plugin::Rust,
+        &[
+            COOKIE,
+            ("PLUGIN_UNIX_SOCKET_DIR", dir.path().to_str().unwrap()),
+            ("PLUGIN_UNIX_SOCKET_GROUP", "no-such-group-here"),
+        ],
+        dir.path(),
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.stdout_str(), "");
+    assert!(
+        out.stderr
+            .contains("PLUGIN_UNIX_SOCKET_GROUP=\\\"no-such-group-here\\\": no such group"),
+        "{}",
+        out.stderr
+    );
+    let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "no socket file is left behind: {left:?}");
+}
+
+#[test]
+fn a_socket_path_over_the_limit_falls_back_to_tcp_with_a_warning() {
+    let dir = tempdir();
+    let long = dir.path().join("d".repeat(60)).join("e".repeat(60));
+    fs::create_dir_all(&long).unwrap();
+    let dir_str = long.to_str().unwrap();
+    let running = Running::start(Plugin::Rust, &[COOKIE, ("PLUGIN_UNIX_SOCKET_DIR", dir_str)]);
+    assert!(
+        running.line.starts_with("1|1|tcp|127.0.0.1:"),
+        "{:?}",
+        running.line
+    );
+    let kv = KvClient::new(running.channel());
+    let mut put = PutRequest::new();
+    put.set_key("k".into());
+    kv.put(&put).expect("the TCP fallback serves");
+    let (status, _) = running.shutdown();
+    assert!(status.success());
+}
+
+fn self_signed() -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// Successful Puts out of three through a channel with `creds`.
+fn successful_puts(target: &str, creds: Option<goplugin::grpcio::ChannelCredentials>) -> usize {
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    let builder = ChannelBuilder::new(env).override_ssl_target("localhost");
+    let channel = match creds {
+        Some(creds) => builder.set_credentials(creds).connect(target),
+        None => builder.connect(target),
+    };
+    let kv = KvClient::new(channel);
+    (0..3)
+        .filter(|i| {
+            let mut put = PutRequest::new();
+            put.set_key(format!("k{i}"));
+            kv.put(&put).is_ok()
+        })
+        .count()
+}
+
+#[test]
+fn automtls_lets_only_the_hosts_certificate_in() {
+    let (host_cert, host_key) = self_signed();
+    let (other_cert, other_key) = self_signed();
+    for network in ["unix", "tcp"] {
+        let running = Running::start(
+            Plugin::Rust,
+            &[
+                COOKIE,
+                ("PLUGIN_CLIENT_CERT", &host_cert),
+                ("KV_PLUGIN_NETWORK", network),
+            ],
+        );
+        let fields: Vec<&str> = running.line.trim_end().split('|').collect();
+        assert_eq!(fields.len(), 6, "{:?}", running.line);
+        let der = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(fields[5])
+            .expect("field 6 is unpadded standard base64");
+        let plugin_pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::engine::general_purpose::STANDARD.encode(&der)
+        );
+        let target = running.target();
+        let trusting =
+            || ChannelCredentialsBuilder::new().root_cert(plugin_pem.clone().into_bytes());
+
+        assert_eq!(
+            successful_puts(&target, None),
+            0,
+            "{network}: plaintext client"
+        );
+        assert_eq!(
+            successful_puts(&target, Some(trusting().build())),
+            0,
+            "{network}: no client cert"
+        );
+        let other = trusting().cert(
+            other_cert.clone().into_bytes(),
+            other_key.clone().into_bytes(),
+        );
+        assert_eq!(
+            successful_puts(&target, Some(other.build())),
+            0,
+            "{network}: another cert"
+        );
+        let host = trusting().cert(
+            host_cert.clone().into_bytes(),
+            host_key.clone().into_bytes(),
+        );
+        assert_eq!(
+            successful_puts(&target, Some(host.build())),
+            3,
+            "{network}: the host's cert"
+        );
+        let (status, _) =
+            running.shutdown_with(Some(host_cert_creds(&plugin_pem, &host_cert, &host_key)));
+        assert!(status.success());
+    }
+}
+
+fn host_cert_creds(
+    plugin_pem: &str,
+    cert: &str,
+    key: &str,
+) -> goplugin::grpcio::ChannelCredentials {
+    ChannelCredentialsBuilder::new()
+        .root_cert(plugin_pem.as_bytes().to_vec())
+        .cert(cert.as_bytes().to_vec(), key.as_bytes().to_vec())
+        .build()
+}
