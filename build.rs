@@ -9,7 +9,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The files to compile, relative to `proto/`.
-const PROTOS: &[&str] = &["kv/kv.proto", "plugin/grpc_controller.proto"];
+const PROTOS: &[&str] = &[
+    "kv/kv.proto",
+    "plugin/grpc_controller.proto",
+    "plugin/grpc_stdio.proto",
+];
 
 fn main() {
     if let Err(message) = generate() {
@@ -77,7 +81,10 @@ fn generate() -> Result<(), String> {
         }
     }
 
-    let mod_rs: String = modules.iter().map(|m| format!("pub mod {m};\n")).collect();
+    let mut mod_rs: String = modules.iter().map(|m| format!("pub mod {m};\n")).collect();
+    // grpcio's generator names google/protobuf/empty.proto's message
+    // `super::empty::Empty`; protobuf 2 ships it as a well-known type.
+    mod_rs.push_str("pub mod empty {\n    pub use ::protobuf::well_known_types::Empty;\n}\n");
     let path = out_dir.join("mod.rs");
     fs::write(&path, mod_rs).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

@@ -105,7 +105,9 @@ mod listener;
 pub mod logging;
 pub mod proto;
 mod server;
+mod stdio;
 mod tls;
+mod watchdog;
 
 pub use blocking::BlockingPool;
 pub use env::PluginEnv;

@@ -7,13 +7,18 @@
 //! lines, and routes gRPC core's own messages through it. It is opt-in: a
 //! library never installs a global logger by itself.
 //!
+//! Lines go to the real stderr even while the stdio capture forwards
+//! fd 2 to the host, never panic, and never wait more than about a second
+//! for a host that stopped reading.
+//!
 //! Mirrors go-hclog's JSON format (`intlogger.go`) and go-plugin's parser
 //! (`log_entry.go`): `@level` and `@message` are always strings, and
 //! `@timestamp` has exactly six fractional digits, or the host would drop
 //! the line's fields (or, for non-strings, panic).
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -37,6 +42,47 @@ pub fn init(level: LevelFilter) -> Result<()> {
     Ok(())
 }
 
+/// Where log lines go: fd 2, or the real stderr saved while the stdio
+/// capture owns fd 2 (the host must see log lines as log lines, not as
+/// forwarded stderr data).
+static STDERR_FD: AtomicI32 = AtomicI32::new(2);
+
+pub(crate) fn set_stderr_fd(fd: RawFd) {
+    STDERR_FD.store(fd, Ordering::Release);
+}
+
+/// How long a write waits for a full pipe before the data is dropped.
+const WRITE_PATIENCE_MS: libc::c_int = 1000;
+
+/// Writes `data` to `fd` without ever panicking, and without waiting more
+/// than about a second on a reader that stopped reading: then the rest is
+/// dropped. A reader that is gone (EPIPE) drops it at once.
+pub(crate) fn write_fd(fd: RawFd, mut data: &[u8]) {
+    while !data.is_empty() {
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut poll, 1, WRITE_PATIENCE_MS) };
+        if ready == 0
+            || (ready > 0 && poll.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0)
+        {
+            return;
+        }
+        // SAFETY: writing from a live slice, at most its length.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n < 0 {
+            match std::io::Error::last_os_error().kind() {
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock => continue,
+                _ => return,
+            }
+        }
+        data = &data[n as usize..];
+    }
+}
+
 struct HclogLogger {
     level: LevelFilter,
 }
@@ -51,13 +97,11 @@ impl Log for HclogLogger {
             return;
         }
         let line = format_line(record, SystemTime::now());
-        // Logging never panics: a closed stderr loses the line, nothing else.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        // One write per line, so lines of concurrent threads do not mix.
+        write_fd(STDERR_FD.load(Ordering::Acquire), line.as_bytes());
     }
 
-    fn flush(&self) {
-        let _ = std::io::stderr().flush();
-    }
+    fn flush(&self) {}
 }
 
 /// `module_path` of the records grpcio makes from gRPC core's messages.

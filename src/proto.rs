@@ -22,4 +22,6 @@ pub mod plugin {
     pub use super::generated::grpc_controller_grpc::{
         GrpcController, GrpcControllerClient, create_grpc_controller,
     };
+    pub use super::generated::grpc_stdio::{StdioData, StdioData_Channel};
+    pub use super::generated::grpc_stdio_grpc::{GrpcStdio, GrpcStdioClient, create_grpc_stdio};
 }

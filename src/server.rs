@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::handshake::{HandshakeConfig, HandshakeLine, negotiate_version};
 use crate::listener::{self, Listener, SocketFile, Transport};
 use crate::tls::AutoMtls;
-use crate::{controller, health};
+use crate::{controller, health, stdio, watchdog};
 
 /// Serves `service` as a go-plugin plugin and blocks until the host shuts
 /// it down: the one call a plugin's `main` needs.
@@ -69,6 +69,8 @@ pub struct PluginServerBuilder {
     transport: Transport,
     output: Option<Box<dyn Write + Send>>,
     ignore_sigint: bool,
+    forward_stdio: bool,
+    watch_host: bool,
     shutdown_grace: Duration,
 }
 
@@ -82,6 +84,8 @@ impl fmt::Debug for PluginServerBuilder {
             .field("max_message_size", &self.max_message_size)
             .field("transport", &self.transport)
             .field("ignore_sigint", &self.ignore_sigint)
+            .field("forward_stdio", &self.forward_stdio)
+            .field("watch_host", &self.watch_host)
             .field("shutdown_grace", &self.shutdown_grace)
             .finish_non_exhaustive()
     }
@@ -154,6 +158,27 @@ impl PluginServerBuilder {
         self
     }
 
+    /// Whether [`PluginServer::serve`] forwards what the process writes to
+    /// fds 1 and 2 after the handshake (its own prints and its children's)
+    /// to the host through `plugin.GRPCStdio`, as go-plugin's `Serve` does.
+    /// Without a subscribed host, stdout is dropped and stderr passes
+    /// through. Default: true. With false, fds 1 and 2 are left alone
+    /// (and anything printed to stdout reaches the host's stdout reader,
+    /// which discards it).
+    pub fn forward_stdio(mut self, forward: bool) -> Self {
+        self.forward_stdio = forward;
+        self
+    }
+
+    /// Whether [`PluginServer::serve`] stops by itself when the host is gone:
+    /// its parent process exited, or nobody reads the plugin's stdout or
+    /// stderr any more (the host died, even when it ran the plugin through
+    /// `sh -c`). Noticed within about 100 ms. Default: true.
+    pub fn watch_host(mut self, watch: bool) -> Self {
+        self.watch_host = watch;
+        self
+    }
+
     /// How long a shutdown waits for calls in progress before cancelling
     /// them. Default: 500 ms, well inside the 2 s a go-plugin host waits for
     /// the process to exit before it kills it.
@@ -199,11 +224,13 @@ impl PluginServerBuilder {
         }
         let args = channel.build_args();
         let shutdown = ShutdownHandle::new();
+        let stdio = Arc::new(stdio::Shared::default());
         let (health_service, health) = health::service();
         let mut builder = ServerBuilder::new(Arc::clone(&grpc_env))
             .channel_args(args)
             .register_service(health_service)
-            .register_service(controller::service(shutdown.clone()));
+            .register_service(controller::service(shutdown.clone(), Arc::clone(&stdio)))
+            .register_service(stdio::service(Arc::clone(&stdio)));
         for service in self.services.remove(&version).unwrap_or_default() {
             builder = builder.register_service(service);
         }
@@ -233,6 +260,9 @@ impl PluginServerBuilder {
             shutdown,
             output: self.output.take().unwrap_or_else(|| Box::new(io::stdout())),
             ignore_sigint: self.ignore_sigint,
+            forward_stdio: self.forward_stdio,
+            watch_host: self.watch_host,
+            stdio,
             shutdown_grace: self.shutdown_grace,
             _grpc_env: grpc_env,
         })
@@ -308,6 +338,9 @@ pub struct PluginServer {
     shutdown: ShutdownHandle,
     output: Box<dyn Write + Send>,
     ignore_sigint: bool,
+    forward_stdio: bool,
+    watch_host: bool,
+    stdio: Arc<stdio::Shared>,
     shutdown_grace: Duration,
     _grpc_env: Arc<Environment>,
 }
@@ -333,6 +366,8 @@ impl PluginServer {
             transport: Transport::Unix,
             output: None,
             ignore_sigint: true,
+            forward_stdio: true,
+            watch_host: true,
             shutdown_grace: Duration::from_millis(500),
         }
     }
@@ -374,7 +409,22 @@ impl PluginServer {
             self.stop();
             return Err(Error::Handshake(err));
         }
+        // Only now, as go-plugin does: the handshake went to the real stdout.
+        let capture = if self.forward_stdio {
+            stdio::Capture::start(Arc::clone(&self.stdio))
+                .map_err(|err| log::warn!("cannot forward stdout/stderr to the host: {err}"))
+                .ok()
+        } else {
+            None
+        };
+        if self.watch_host {
+            let fds = capture.as_ref().map_or([1, 2], stdio::Capture::real_fds);
+            watchdog::watch(fds, self.shutdown.clone());
+        }
         self.shutdown.wait();
+        if let Some(capture) = capture {
+            capture.finish();
+        }
         self.stop();
         Ok(())
     }
@@ -382,6 +432,7 @@ impl PluginServer {
     /// Stops the server: no new calls, calls in progress get the grace
     /// period, then whatever is left (streams included) is cancelled.
     fn stop(&mut self) {
+        self.stdio.end_streams();
         self.health.shutdown();
         let shutdown = self.server.shutdown();
         let (done, finished) = mpsc::channel();

@@ -70,6 +70,14 @@ fn get(kv: &KvClient, key: &str) -> Result<Vec<u8>, goplugin::grpcio::Error> {
     kv.get(&req).map(|mut r| r.take_value())
 }
 
+/// A builder for an in-process server: no fd capture and no host watchdog,
+/// which would act on the whole test process.
+fn builder() -> goplugin::PluginServerBuilder {
+    PluginServer::builder(HANDSHAKE)
+        .forward_stdio(false)
+        .watch_host(false)
+}
+
 /// Serves `server` on a thread; returns the printed line and a join handle.
 fn serve(
     server: PluginServer,
@@ -96,7 +104,7 @@ fn the_highest_common_version_selects_its_services() {
     ];
     for (offered, version, answer) in cases {
         let out = Captured::default();
-        let server = PluginServer::builder(HANDSHAKE)
+        let server = builder()
             .versioned_service(1, goplugin::grpcio::ServiceBuilder::new().build())
             .versioned_service(2, create_kv(Fixed(b"v2")))
             .versioned_service(3, create_kv(Fixed(b"v3")))
@@ -136,7 +144,7 @@ fn the_highest_common_version_selects_its_services() {
 
 #[test]
 fn build_refuses_a_missing_cookie_and_an_empty_config() {
-    let err = PluginServer::builder(HANDSHAKE)
+    let err = builder()
         .env(PluginEnv::from_vars([("TEST_COOKIE", "no")]))
         .build();
     assert!(
@@ -160,7 +168,7 @@ fn build_refuses_a_missing_cookie_and_an_empty_config() {
 #[test]
 fn a_shutdown_handle_stops_serve_promptly() {
     let out = Captured::default();
-    let server = PluginServer::builder(HANDSHAKE)
+    let server = builder()
         .env(env("1"))
         .handshake_output(out.clone())
         .build()
@@ -220,7 +228,7 @@ fn blocking_handlers_run_concurrently_on_one_connection() {
         arrived: Arc::new((Mutex::new(0), Condvar::new())),
         parties,
     };
-    let server = PluginServer::builder(HANDSHAKE)
+    let server = builder()
         .service(create_kv(service))
         .env(env("1"))
         .handshake_output(out.clone())

@@ -1,0 +1,287 @@
+//! `plugin.GRPCStdio`: the plugin's stdout and stderr, forwarded to the host.
+//!
+//! After the handshake line, [`Capture::start`] points file descriptors 1
+//! and 2 at pipes of its own (so `println!`, `eprintln!` and child
+//! processes are all caught) and reads them on two threads:
+//! - while a host is subscribed (`StreamStdio`, called by go-plugin ≥ 1.1
+//!   right after connecting), every chunk goes to it, tagged STDOUT or
+//!   STDERR, in chunks of at most 1 KiB as Go plugins send them;
+//! - without a subscriber (go-plugin 1.0.1 never subscribes), stdout bytes
+//!   are dropped, as the host would drop them, and stderr bytes pass through
+//!   to the real stderr, where the host logs them.
+//!
+//! Writers never block on the host: the pipes are drained continuously, and
+//! a subscriber that falls more than a few hundred chunks behind loses
+//! chunks rather than stalling the plugin. Nothing reaches the real stdout
+//! after the handshake line. Mirrors go-plugin's `grpc_stdio.go`.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt};
+use grpcio::{RpcContext, ServerStreamingSink, WriteFlags};
+use protobuf::well_known_types::Empty;
+
+use crate::logging;
+use crate::proto::plugin::{GrpcStdio, StdioData, StdioData_Channel, create_grpc_stdio};
+
+/// Chunks a subscriber may fall behind before new ones are dropped.
+const QUEUE: usize = 256;
+
+/// Largest chunk sent, as go-plugin's own plugins send them.
+const CHUNK: usize = 1024;
+
+/// State shared by the capture threads and the gRPC service.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    subscriber: Mutex<Option<mpsc::Sender<StdioData>>>,
+    /// Read ends of the capture pipes (-1 before capture), for `flush`.
+    pipes: Mutex<Vec<RawFd>>,
+    /// Chunks read but not yet handed on.
+    in_hand: AtomicUsize,
+}
+
+impl Shared {
+    fn forward(&self, channel: StdioData_Channel, data: &[u8], real_stderr: Option<RawFd>) {
+        let mut subscriber = self
+            .subscriber
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = subscriber.as_mut() {
+            let mut chunk = StdioData::new();
+            chunk.set_channel(channel);
+            chunk.set_data(data.to_vec());
+            match sender.try_send(chunk) {
+                Ok(()) => return,
+                // Too far behind: drop this chunk, keep the subscriber.
+                Err(err) if err.is_full() => return,
+                // The stream ended: behave as if nobody had subscribed.
+                Err(_) => *subscriber = None,
+            }
+        }
+        drop(subscriber);
+        if let Some(fd) = real_stderr {
+            logging::write_fd(fd, data);
+        }
+    }
+
+    /// Waits (up to `limit`) until what the plugin wrote so far has been
+    /// handed to the subscriber, so that it goes out before the plugin stops.
+    pub(crate) fn flush(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let pipes = self
+            .pipes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        while Instant::now() < deadline {
+            let pending = pipes.iter().any(|&fd| unread_bytes(fd) > 0);
+            if !pending && self.in_hand.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    pub(crate) fn end_streams(&self) {
+        *self
+            .subscriber
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+#[derive(Clone)]
+struct StdioService {
+    shared: Arc<Shared>,
+}
+
+impl GrpcStdio for StdioService {
+    fn stream_stdio(
+        &mut self,
+        ctx: RpcContext<'_>,
+        _req: Empty,
+        mut sink: ServerStreamingSink<StdioData>,
+    ) {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        // One subscriber at a time, as data is consumed once: a newer call
+        // replaces (and so ends) an older one.
+        *self
+            .shared
+            .subscriber
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(sender);
+        ctx.spawn(async move {
+            let mut chunks = receiver.map(|chunk| Ok((chunk, WriteFlags::default())));
+            if sink.send_all(&mut chunks).await.is_ok() {
+                let _ = sink.close().await;
+            }
+        });
+    }
+}
+
+/// The `plugin.GRPCStdio` service over `shared`.
+pub(crate) fn service(shared: Arc<Shared>) -> grpcio::Service {
+    create_grpc_stdio(StdioService { shared })
+}
+
+/// fds 1 and 2 redirected into pipes that feed the stdio service.
+#[derive(Debug)]
+pub(crate) struct Capture {
+    shared: Arc<Shared>,
+    real_stdout: OwnedFd,
+    real_stderr: OwnedFd,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Capture {
+    /// Redirects fds 1 and 2. On error nothing has changed.
+    pub(crate) fn start(shared: Arc<Shared>) -> io::Result<Capture> {
+        let real_stdout = dup_cloexec(1)?;
+        let real_stderr = dup_cloexec(2)?;
+        let (out_read, out_write) = pipe_cloexec()?;
+        let (err_read, err_write) = pipe_cloexec()?;
+        // From here on the logger writes to the real stderr, past the capture.
+        logging::set_stderr_fd(real_stderr.as_raw_fd());
+        dup2(out_write.as_raw_fd(), 1)?;
+        if let Err(err) = dup2(err_write.as_raw_fd(), 2) {
+            let _ = dup2(real_stdout.as_raw_fd(), 1);
+            logging::set_stderr_fd(2);
+            return Err(err);
+        }
+        drop((out_write, err_write));
+        *shared.pipes.lock().unwrap_or_else(PoisonError::into_inner) =
+            vec![out_read.as_raw_fd(), err_read.as_raw_fd()];
+        let readers = vec![
+            reader(
+                Arc::clone(&shared),
+                out_read,
+                StdioData_Channel::STDOUT,
+                None,
+            ),
+            reader(
+                Arc::clone(&shared),
+                err_read,
+                StdioData_Channel::STDERR,
+                Some(real_stderr.as_raw_fd()),
+            ),
+        ];
+        Ok(Capture {
+            shared,
+            real_stdout,
+            real_stderr,
+            readers,
+        })
+    }
+
+    /// The real stdout and stderr, for watching whether the host still reads them.
+    pub(crate) fn real_fds(&self) -> [RawFd; 2] {
+        [self.real_stdout.as_raw_fd(), self.real_stderr.as_raw_fd()]
+    }
+
+    /// Puts fds 1 and 2 back, forwards what is still in the pipes, and ends
+    /// the subscriber's stream.
+    pub(crate) fn finish(self) {
+        let _ = dup2(self.real_stdout.as_raw_fd(), 1);
+        let _ = dup2(self.real_stderr.as_raw_fd(), 2);
+        logging::set_stderr_fd(2);
+        // The readers end at EOF, once no process holds the pipes; a child
+        // that still does must not hold up the plugin's exit.
+        let deadline = Instant::now() + Duration::from_millis(200);
+        for reader in self.readers {
+            while !reader.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.shared
+            .pipes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.shared.end_streams();
+    }
+}
+
+fn reader(
+    shared: Arc<Shared>,
+    pipe: OwnedFd,
+    channel: StdioData_Channel,
+    real_stderr: Option<RawFd>,
+) -> JoinHandle<()> {
+    let name = format!(
+        "goplugin-{}",
+        if real_stderr.is_some() {
+            "stderr"
+        } else {
+            "stdout"
+        }
+    );
+    let spawned = thread::Builder::new().name(name).spawn(move || {
+        let mut buf = [0u8; CHUNK];
+        loop {
+            // SAFETY: reading into a buffer we own, at most its length.
+            let n = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n == 0 {
+                return;
+            }
+            if n < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return;
+            }
+            shared.in_hand.fetch_add(1, Ordering::AcqRel);
+            shared.forward(channel, &buf[..n as usize], real_stderr);
+            shared.in_hand.fetch_sub(1, Ordering::AcqRel);
+        }
+    });
+    // Without a reader the pipe would fill up and block the plugin; a
+    // spawn failure at this point means the process is out of threads.
+    spawned.unwrap_or_else(|err| {
+        log::error!("cannot start the stdio reader: {err}");
+        thread::spawn(|| {})
+    })
+}
+
+fn unread_bytes(fd: RawFd) -> libc::c_int {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } == 0 {
+        n
+    } else {
+        0
+    }
+}
+
+fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor that we then own.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fresh descriptors that we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 on descriptors that are open; `to` is 1 or 2.
+    if unsafe { libc::dup2(from, to) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

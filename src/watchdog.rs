@@ -1,0 +1,69 @@
+//! No orphans: the plugin stops when its host is gone.
+//!
+//! go-plugin has no host-death detection: a Go plugin usually dies on its
+//! next write to a broken pipe, a quiet one lingers (go-plugin issues #10,
+//! #210). Here a thread notices within a few hundred milliseconds that
+//! - the host no longer reads the plugin's stdout or stderr (`poll` reports
+//!   an error on the pipe: its read end is closed), which also covers a host
+//!   that ran the plugin through `sh -c`, or
+//! - the parent process exited (the plugin was re-parented), which covers a
+//!   host that killed its `sh -c` wrapper,
+//!
+//! and then shuts the server down cleanly, as the host's `Kill()` would.
+//! The parent is polled rather than watched with `PR_SET_PDEATHSIG`: that
+//! signal fires when the *thread* that forked the plugin exits, which a Go
+//! host's runtime may do while the host lives on.
+
+use std::os::fd::RawFd;
+use std::thread;
+
+use crate::server::ShutdownHandle;
+
+/// How often the watchdog looks, in milliseconds.
+const INTERVAL_MS: libc::c_int = 100;
+
+/// Watches `fds` (the real stdout and stderr) and the parent process on a
+/// thread of its own until `shutdown` is triggered.
+pub(crate) fn watch(fds: [RawFd; 2], shutdown: ShutdownHandle) {
+    // SAFETY: getppid cannot fail.
+    let parent = unsafe { libc::getppid() };
+    let watcher = shutdown.clone();
+    let spawned = thread::Builder::new()
+        .name("goplugin-watchdog".into())
+        .spawn(move || {
+            while !watcher.is_shutdown() {
+                if let Some(why) = host_gone(fds, parent) {
+                    log::warn!("{why}: the host is gone; shutting down");
+                    watcher.shutdown();
+                    return;
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        log::warn!("cannot watch for the host's death: {err}");
+    }
+}
+
+/// Waits up to one interval and says why the host is gone, if it is.
+fn host_gone(fds: [RawFd; 2], parent: libc::pid_t) -> Option<&'static str> {
+    let mut polls = fds.map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: two valid pollfd entries.
+    let ready = unsafe { libc::poll(polls.as_mut_ptr(), 2, INTERVAL_MS) };
+    if ready > 0
+        && polls
+            .iter()
+            .any(|p| p.revents & (libc::POLLERR | libc::POLLHUP) != 0)
+    {
+        return Some("nobody reads the plugin's stdout/stderr any more");
+    }
+    if ready < 0 {
+        // Interrupted: wait out the interval, as poll would have.
+        thread::sleep(std::time::Duration::from_millis(INTERVAL_MS as u64));
+    }
+    // SAFETY: getppid cannot fail.
+    (unsafe { libc::getppid() } != parent).then_some("the process that started the plugin exited")
+}

@@ -1,0 +1,240 @@
+//! What a real host sees of the plugin's life: forwarded stdio, re-levelled
+//! hclog lines, the unix socket options of the current release, and no
+//! plugin left behind when the host dies.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{Host, Plugin, field, gone_within, tempdir};
+
+const HOSTS: [Host; 2] = [Host::Current, Host::V101];
+
+/// `examples/echo.rs`, built by `cargo test --all-targets` next to this test.
+fn echo_plugin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("examples/echo");
+    assert!(
+        path.exists(),
+        "{} is missing: build the examples (`cargo test --release --all-targets`, as `make test` does)",
+        path.display()
+    );
+    path
+}
+
+fn echo_host(host: Host, dir: &Path) -> Command {
+    let mut command = Command::new(host.path());
+    command
+        .current_dir(dir)
+        .env("KV_PLUGIN", echo_plugin())
+        .env_remove("BASIC_PLUGIN")
+        .env_remove("PLUGIN_CLIENT_CERT");
+    command
+}
+
+#[test]
+fn the_current_host_receives_prints_on_the_right_channel() {
+    let dir = tempdir();
+    let (out, err) = (dir.path().join("sync.out"), dir.path().join("sync.err"));
+    let mut command = echo_host(Host::Current, dir.path());
+    command
+        .env("KV_HOST_SYNC_STDOUT", &out)
+        .env("KV_HOST_SYNC_STDERR", &err)
+        .args(["put", "k", "hello"]);
+    let run = crate::support::run(command);
+    run.assert_success();
+    assert_eq!(
+        run.stdout_str(),
+        "",
+        "the host's stdout carries nothing of the plugin's"
+    );
+    let out = fs::read_to_string(out).unwrap();
+    let err = fs::read_to_string(err).unwrap();
+    assert!(out.contains("stdout says hello\n"), "SyncStdout: {out:?}");
+    assert!(
+        out.contains("child says hello\n"),
+        "a child process's stdout: {out:?}"
+    );
+    assert!(!out.contains("stderr says"), "SyncStdout: {out:?}");
+    assert_eq!(err, "stderr says hello\n", "SyncStderr");
+    assert!(
+        !run.stderr.contains("line for hello\"}"),
+        "log lines are not stdio data"
+    );
+}
+
+#[test]
+fn go_plugin_1_0_1_never_subscribes_and_nothing_blocks() {
+    let dir = tempdir();
+    let mut command = echo_host(Host::V101, dir.path());
+    command.args(["put", "k", "hello"]);
+    let run = crate::support::run(command);
+    run.assert_success();
+    // stderr passes through to the host's log; stdout is dropped.
+    assert!(
+        run.stderr.contains("[DEBUG] plugin.sh: stderr says hello"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("stdout says") && !run.stderr.contains("child says"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn hclog_lines_are_relevelled_by_both_hosts() {
+    for host in HOSTS {
+        let dir = tempdir();
+        let mut command = echo_host(host, dir.path());
+        command.args(["put", "k", "hello"]);
+        let run = crate::support::run(command);
+        run.assert_success();
+        for want in [
+            "[ERROR] plugin.sh: error line for hello: @module=echo timestamp=",
+            "[WARN]  plugin.sh: warn line for hello: @module=echo timestamp=",
+            "[INFO]  plugin.sh: info line for hello: @module=echo timestamp=",
+            "[DEBUG] plugin.sh: debug line for hello: @module=echo timestamp=",
+        ] {
+            assert!(
+                run.stderr.contains(want),
+                "{host:?}: {want:?} not in\n{}",
+                run.stderr
+            );
+        }
+    }
+}
+
+/// A host running `serve-for`, and what it printed about its plugin.
+struct Serving {
+    host: std::process::Child,
+    /// The process the host started: the plugin, or the `sh` around it.
+    pid: u32,
+    addr: String,
+}
+
+fn serve(host: Host, dir: &Path, env: &[(&str, &str)]) -> Serving {
+    let mut command = Command::new(host.path());
+    command
+        .current_dir(dir)
+        .env("KV_PLUGIN", Plugin::Rust.command())
+        .env_remove("BASIC_PLUGIN")
+        .args(["serve-for", "60000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("start host");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pid = field(&line, "pid")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let addr = field(&line, "addr").expect("addr").to_string();
+    Serving {
+        host: child,
+        pid,
+        addr,
+    }
+}
+
+/// Direct children of `pid`, from /proc.
+fn children(pid: u32) -> Vec<u32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    stat.rsplit(')')
+                        .next()?
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn a_sigkilled_host_leaves_no_plugin_behind() {
+    for host in HOSTS {
+        for through_shell in [false, true] {
+            let dir = tempdir();
+            let env: &[(&str, &str)] = if through_shell {
+                &[("KV_HOST_NO_EXEC", "1")]
+            } else {
+                &[]
+            };
+            let mut serving = serve(host, dir.path(), env);
+            let plugin = if through_shell {
+                // `sh -c` without exec: the plugin is the shell's child.
+                let kids = children(serving.pid);
+                assert_eq!(
+                    kids.len(),
+                    1,
+                    "{host:?}: children of sh {}: {kids:?}",
+                    serving.pid
+                );
+                kids[0]
+            } else {
+                serving.pid
+            };
+            assert!(
+                Path::new(&serving.addr).exists(),
+                "{host:?}: socket {}",
+                serving.addr
+            );
+            serving.host.kill().unwrap();
+            serving.host.wait().unwrap();
+            assert!(
+                gone_within(plugin, Duration::from_secs(1)),
+                "{host:?} (through sh: {through_shell}): plugin {plugin} still runs 1 s after the host died"
+            );
+            assert!(
+                !Path::new(&serving.addr).exists(),
+                "{host:?}: socket file left behind"
+            );
+            if through_shell {
+                assert!(
+                    gone_within(serving.pid, Duration::from_secs(1)),
+                    "the shell ends with the plugin"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_current_hosts_socket_group_option_reaches_the_plugin() {
+    // SAFETY: getgid cannot fail.
+    let gid = unsafe { libc::getgid() };
+    let dir = tempdir();
+    let mut serving = serve(
+        Host::Current,
+        dir.path(),
+        &[("KV_HOST_SOCKET_GROUP", &gid.to_string())],
+    );
+    let meta = fs::metadata(&serving.addr).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), gid);
+    serving.host.kill().unwrap();
+    serving.host.wait().unwrap();
+    assert!(gone_within(serving.pid, Duration::from_secs(1)));
+    assert!(!Path::new(&serving.addr).exists(), "socket file removed");
+}
