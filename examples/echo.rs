@@ -7,7 +7,7 @@
 //! - with go-plugin 1.0.1, stderr prints show up in the host's log (at
 //!   DEBUG) and stdout prints are dropped;
 //! - log lines are hclog JSON, which every host re-levels
-//!   (`[WARN]  plugin...: ...`).
+//!   (`[WARN]  plugin...: ...`), key/value fields included.
 //!
 //! `Get` answers with the last value put. Run it under a host, for example
 //! the test host: `KV_PLUGIN=target/release/examples/echo kv-host put k hello`.
@@ -56,7 +56,7 @@ impl Kv for Echo {
                 .status();
             log::error!("error line for {value}");
             log::warn!("warn line for {value}");
-            log::info!("info line for {value}");
+            log::info!(key = req.key.as_str(); "info line for {value}");
             log::debug!("debug line for {value}");
             *last.lock().unwrap_or_else(PoisonError::into_inner) = req.value;
             Ok(Empty::new())

@@ -71,16 +71,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// The host asked for a go-plugin feature this version of the crate does
-    /// not implement.
-    #[error("{feature} is not supported by this plugin: {hint}")]
-    Unsupported {
-        /// The feature and the variable that asked for it.
-        feature: &'static str,
-        /// What the host's operator can do instead.
-        hint: &'static str,
-    },
-
     /// [`logging::init`](crate::logging::init) found another logger installed.
     #[error(
         "a logger is already installed; call goplugin::logging::init once, before any other logger"

@@ -13,13 +13,16 @@
 //!    versions it speaks and a port range in the environment (see the table
 //!    below).
 //! 2. [`PluginServerBuilder::build`] checks the cookie, picks the highest
-//!    app protocol version both sides speak, binds 127.0.0.1 within the port
-//!    range, and registers your services next to the protocol's own:
+//!    app protocol version both sides speak, listens on a unix socket (or
+//!    TCP on 127.0.0.1 within the port range), sets up AutoMTLS when the host
+//!    asks, and registers your services next to the protocol's own:
 //!    `grpc.health.v1.Health` with `"plugin"` SERVING (what the host's
-//!    `Ping()` checks) and `plugin.GRPCController` (what its `Kill()` calls).
+//!    `Ping()` checks), `plugin.GRPCController` (what its `Kill()` calls) and
+//!    `plugin.GRPCStdio`.
 //! 3. [`PluginServer::serve`] starts the server, prints the handshake line
-//!    `1|APP|tcp|127.0.0.1:PORT|grpc` on stdout (nothing else is ever written
-//!    there), flushes it, and blocks.
+//!    `1|APP|unix|/tmp/pluginNNN|grpc` on stdout (nothing else is ever
+//!    written there), flushes it, forwards later stdout/stderr output to the
+//!    host, watches for the host's death, and blocks.
 //! 4. The host calls your services. When it is done, `Kill()` calls
 //!    `GRPCController/Shutdown`: the plugin answers, stops, and `serve`
 //!    returns, long before the host's 2 s deadline.
@@ -78,8 +81,10 @@
 //! |---|---|---|
 //! | magic cookie (`HandshakeConfig::magic_cookie_key`) | always | missing or wrong: [`Error::NotLaunchedByHost`], go-plugin's "This binary is a plugin" message |
 //! | [`PLUGIN_PROTOCOL_VERSIONS`](env::PLUGIN_PROTOCOL_VERSIONS) | always, e.g. `1,2` | serves the highest common version; bad entries are skipped with a warning; no common version: advertises its lowest, so the host reports the mismatch |
-//! | [`PLUGIN_MIN_PORT`](env::PLUGIN_MIN_PORT), [`PLUGIN_MAX_PORT`](env::PLUGIN_MAX_PORT) | always (host default 10000–25000) | binds the first free port of the range on 127.0.0.1; unset: any port; unparsable or min > max: [`Error::InvalidEnv`] |
-//! | [`PLUGIN_CLIENT_CERT`](env::PLUGIN_CLIENT_CERT) | AutoMTLS hosts | not supported yet: [`Error::Unsupported`] at start, rather than a server every TLS handshake fails against |
+//! | [`PLUGIN_UNIX_SOCKET_DIR`](env::PLUGIN_UNIX_SOCKET_DIR) | go-plugin ≥ 1.5 hosts with a runner | directory of the unix socket (else `TMPDIR`, else `/tmp`); a path over 107 bytes falls back to TCP |
+//! | [`PLUGIN_UNIX_SOCKET_GROUP`](env::PLUGIN_UNIX_SOCKET_GROUP) | go-plugin ≥ 1.5 hosts | socket owned by that group (name or gid), mode 0660 instead of 0600 |
+//! | [`PLUGIN_MIN_PORT`](env::PLUGIN_MIN_PORT), [`PLUGIN_MAX_PORT`](env::PLUGIN_MAX_PORT) | always (host default 10000–25000) | TCP only: binds the first free port of the range on 127.0.0.1; unset: any port; unparsable or min > max: [`Error::InvalidEnv`] |
+//! | [`PLUGIN_CLIENT_CERT`](env::PLUGIN_CLIENT_CERT) | AutoMTLS hosts | TLS with a fresh certificate (handshake field 6) that requires and verifies exactly this client certificate; malformed: [`Error::InvalidEnv`] |
 //! | [`PLUGIN_MULTIPLEX_GRPC`](env::PLUGIN_MULTIPLEX_GRPC) | hosts with `GRPCBrokerMultiplex` | handshake field 7 is `false`, so the host says multiplexing is unsupported |
 //!
 //! # Rules this crate keeps

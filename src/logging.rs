@@ -142,8 +142,28 @@ fn format_line(record: &Record<'_>, now: SystemTime) -> String {
     push_json_string(&mut line, module);
     line.push_str(",\"@timestamp\":\"");
     push_timestamp(&mut line, now);
-    line.push_str("\"}\n");
+    line.push('"');
+    // Structured fields (`log::info!(key = value; "message")`) become
+    // key/value pairs of the host's log line; values are written as strings.
+    let _ = record.key_values().visit(&mut Fields(&mut line));
+    line.push_str("}\n");
     line
+}
+
+struct Fields<'a>(&'a mut String);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for Fields<'_> {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> std::result::Result<(), log::kv::Error> {
+        self.0.push(',');
+        push_json_string(self.0, key.as_str());
+        self.0.push(':');
+        push_json_string(self.0, &value.to_string());
+        Ok(())
+    }
 }
 
 fn push_json_string(out: &mut String, value: &str) {
@@ -235,6 +255,19 @@ mod tests {
             line(Level::Warn, "disk \"full\"\n\tretry \\ \u{1}", at),
             "{\"@level\":\"warn\",\"@message\":\"disk \\\"full\\\"\\n\\tretry \\\\ \\u0001\",\
              \"@module\":\"kv\",\"@timestamp\":\"1970-01-01T00:00:01.000000Z\"}\n"
+        );
+        let fields = [("user", "bob \"b\""), ("attempt", "2")];
+        let with_fields = Record::builder()
+            .level(Level::Info)
+            .target("kv")
+            .key_values(&fields)
+            .args(format_args!("m"))
+            .build();
+        assert!(
+            format_line(&with_fields, at)
+                .ends_with("\"@timestamp\":\"1970-01-01T00:00:01.000000Z\",\"user\":\"bob \\\"b\\\"\",\"attempt\":\"2\"}\n"),
+            "{}",
+            format_line(&with_fields, at)
         );
         let grpc = Record::builder()
             .level(Level::Info)

@@ -98,17 +98,32 @@ fn hclog_lines_are_relevelled_by_both_hosts() {
         command.args(["put", "k", "hello"]);
         let run = crate::support::run(command);
         run.assert_success();
-        for want in [
-            "[ERROR] plugin.sh: error line for hello: @module=echo timestamp=",
-            "[WARN]  plugin.sh: warn line for hello: @module=echo timestamp=",
-            "[INFO]  plugin.sh: info line for hello: @module=echo timestamp=",
-            "[DEBUG] plugin.sh: debug line for hello: @module=echo timestamp=",
+        for (want, fields) in [
+            (
+                "[ERROR] plugin.sh: error line for hello:",
+                &["@module=echo"][..],
+            ),
+            (
+                "[WARN]  plugin.sh: warn line for hello:",
+                &["@module=echo"][..],
+            ),
+            (
+                "[INFO]  plugin.sh: info line for hello:",
+                &["@module=echo", "key=k"][..],
+            ),
+            (
+                "[DEBUG] plugin.sh: debug line for hello:",
+                &["@module=echo"][..],
+            ),
         ] {
-            assert!(
-                run.stderr.contains(want),
-                "{host:?}: {want:?} not in\n{}",
-                run.stderr
-            );
+            let line = run
+                .stderr
+                .lines()
+                .find(|l| l.contains(want))
+                .unwrap_or_else(|| panic!("{host:?}: {want:?} not in\n{}", run.stderr));
+            for field in fields.iter().chain(&["timestamp="]) {
+                assert!(line.contains(field), "{host:?}: {field:?} not in {line:?}");
+            }
         }
     }
 }
@@ -237,4 +252,61 @@ fn the_current_hosts_socket_group_option_reaches_the_plugin() {
     serving.host.wait().unwrap();
     assert!(gone_within(serving.pid, Duration::from_secs(1)));
     assert!(!Path::new(&serving.addr).exists(), "socket file removed");
+}
+
+/// Run directly, without a subscriber: after the handshake line nothing
+/// reaches the real stdout, not even a child process's output, and stderr
+/// prints pass through next to the log lines.
+#[test]
+fn nothing_but_the_handshake_reaches_the_real_stdout() {
+    use goplugin::grpcio::{ChannelBuilder, EnvBuilder};
+    use goplugin::proto::kv::{KvClient, PutRequest};
+    use goplugin::proto::plugin::{Empty, GrpcControllerClient};
+    use std::io::Read;
+    use std::sync::Arc;
+
+    let dir = tempdir();
+    let mut child = Command::new(echo_plugin())
+        .current_dir(dir.path())
+        .env_clear()
+        .env("BASIC_PLUGIN", "hello")
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let path = line
+        .trim_end()
+        .split('|')
+        .nth(3)
+        .expect("address")
+        .to_string();
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    let channel = ChannelBuilder::new(env).connect(&format!("unix:{path}"));
+    let mut put = PutRequest::new();
+    put.set_key("k".into());
+    put.set_value(b"hello".to_vec());
+    KvClient::new(channel.clone()).put(&put).expect("put");
+    let _ = GrpcControllerClient::new(channel).shutdown(&Empty::new());
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(line.starts_with("1|1|unix|"), "{line:?}");
+    assert_eq!(rest, "", "stdout after the handshake line");
+    assert!(stderr.contains("stderr says hello\n"), "{stderr}");
+    assert!(
+        stderr.contains("\"@message\":\"info line for hello\""),
+        "{stderr}"
+    );
 }
