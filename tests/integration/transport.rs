@@ -233,3 +233,75 @@ fn host_cert_creds(
         .cert(cert.as_bytes().to_vec(), key.as_bytes().to_vec())
         .build()
 }
+
+/// A shared library that makes `socket(AF_UNIX, ...)` fail with
+/// EAFNOSUPPORT, as in sandboxes without unix sockets
+/// (grafana/github-datasource#336). Built with the system C compiler.
+fn no_unix_sockets_shim(dir: &Path) -> std::path::PathBuf {
+    let source = dir.join("no_unix.c");
+    fs::write(
+        &source,
+        r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <sys/socket.h>
+int socket(int domain, int type, int protocol) {
+    static int (*real)(int, int, int);
+    if (domain == AF_UNIX) { errno = EAFNOSUPPORT; return -1; }
+    if (!real) real = (int (*)(int, int, int))dlsym(RTLD_NEXT, "socket");
+    return real(domain, type, protocol);
+}
+"#,
+    )
+    .unwrap();
+    let library = dir.join("no_unix.so");
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .expect("cc (installed by .ci/install-deps as g++'s dependency)");
+    assert!(status.success(), "cannot build the LD_PRELOAD shim");
+    library
+}
+
+#[test]
+fn without_unix_sockets_the_plugin_falls_back_to_tcp() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = tempdir();
+    let shim = no_unix_sockets_shim(dir.path());
+    let mut command = plugin_command(Plugin::Rust, &[COOKIE], dir.path());
+    command
+        .env("LD_PRELOAD", &shim)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.starts_with("1|1|tcp|127.0.0.1:"), "{line:?}");
+    let address = line.split('|').nth(3).unwrap().to_string();
+    assert_eq!(
+        successful_puts(&address, None),
+        3,
+        "the TCP fallback serves"
+    );
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    let _ = goplugin::proto::plugin::GrpcControllerClient::new(
+        ChannelBuilder::new(env).connect(&address),
+    )
+    .shutdown(&goplugin::proto::plugin::Empty::new());
+    child.stdout = Some(stdout.into_inner());
+    let out = crate::support::wait_with_watchdog(child);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.contains(
+            "this system does not support unix sockets; listening on TCP 127.0.0.1 instead"
+        ),
+        "{}",
+        out.stderr
+    );
+}
