@@ -12,7 +12,7 @@ PYGEN := $(BUILD)/python-kv
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 KV_PLUGIN_BIN := $(if $(TARGET_DIR),$(TARGET_DIR),target)/release/kv-plugin
 
-.PHONY: demo test deps hosts python-ref build lint doc fuzz clean
+.PHONY: demo test deps hosts python-ref build lint doc bench bench-quick fuzz clean
 
 ## demo: install what is missing, build, and run kv put/get through the current go-plugin host
 demo: deps hosts
@@ -32,6 +32,24 @@ demo: deps hosts
 test: deps hosts python-ref lint doc
 	$(CARGO) test $(CARGO_FLAGS) --all-targets
 	$(CARGO) test $(CARGO_FLAGS) --doc
+	$(MAKE) --no-print-directory bench-quick
+
+## bench: Rust vs Go vs Python KV plugins through the current go-plugin host
+## (5 interleaved runs); writes bench/results/results.{json,md,png}
+BENCH_RUNS ?= 5
+BENCH_CALLS ?= 5000
+bench: deps hosts python-ref $(VENV)/bench-stamp
+	$(CARGO) build $(CARGO_FLAGS) --bin kv-plugin
+	$(VENV)/bin/python bench/run.py --runs $(BENCH_RUNS) --calls $(BENCH_CALLS)
+
+## bench-quick: the same in a few hundred calls, into .build/bench (run by `make test`)
+bench-quick: $(VENV)/bench-stamp
+	$(CARGO) build $(CARGO_FLAGS) --bin kv-plugin
+	$(VENV)/bin/python bench/run.py --runs 1 --calls 300 --out $(BUILD)/bench
+
+$(VENV)/bench-stamp: $(VENV)/stamp bench/requirements.txt
+	$(VENV)/bin/pip install --quiet -r bench/requirements.txt
+	touch $@
 
 deps:
 	@.ci/install-deps

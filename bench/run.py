@@ -1,0 +1,213 @@
+"""goplugin benchmark: the Rust, Go and Python KV plugins through one
+go-plugin host (the current release), interleaved run by run.
+
+Usage: run.py [--runs N] [--calls N] [--out DIR]
+
+Each run measures every plugin once, in turn (A B C D A B C D ...), so
+machine drift hits all alike. Per plugin and run the host's `bench` command
+reports start-up, latency, throughput at 1/4/16 callers, plugin CPU per
+call, RSS and Kill time; the driver adds the whole `kv put` CLI time. The
+driver also records how busy the machine was during each measurement
+(CPU time of processes other than the host, the plugin and itself) and
+flags measurements with foreign load, instead of mixing them in silently.
+
+Writes DIR/results.json, DIR/results.md and DIR/results.png.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOST = os.path.join(ROOT, ".build", "go-hosts", "kv-host-current")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count() or 1
+# A measurement is flagged when foreign processes used more than this share
+# of the machine's CPU time while it ran.
+FOREIGN_LIMIT = 0.10
+
+
+def target_dir():
+    meta = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--no-deps"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )
+    return json.loads(meta.stdout)["target_directory"]
+
+
+def plugins():
+    rust = os.path.join(target_dir(), "release", "kv-plugin")
+    python = os.path.join(ROOT, ".build", "venv", "bin", "python")
+    return [
+        ("go", os.path.join(ROOT, ".build", "go-hosts", "kv-plugin-go"), {}),
+        ("rust", rust, {}),
+        ("rust-relaxed", rust, {"KV_PLUGIN_DURABILITY": "relaxed"}),
+        ("python", python + " " + os.path.join(ROOT, "tests", "fixtures", "python-kv", "plugin.py"), {}),
+    ]
+
+
+def machine_ticks():
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields[:8]) - idle
+
+
+def own_ticks():
+    t = os.times()
+    return (t.user + t.system + t.children_user + t.children_system) * CLK_TCK
+
+
+def measure(name, command, extra_env, calls, workdir):
+    env = dict(os.environ, KV_PLUGIN=command, **extra_env)
+    for key in ("BASIC_PLUGIN", "PLUGIN_CLIENT_CERT"):
+        env.pop(key, None)
+    busy0, own0, wall0 = machine_ticks(), own_ticks(), time.monotonic()
+    out = subprocess.run([HOST, "bench", str(calls)], cwd=workdir, env=env,
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        sys.exit(f"{name}: bench failed: {out.stdout}{out.stderr[-2000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    cli = []
+    for i in range(5):
+        t = time.monotonic()
+        subprocess.run([HOST, "put", "cli", str(i)], cwd=workdir, env=env,
+                       capture_output=True, check=True, timeout=60)
+        cli.append((time.monotonic() - t) * 1000)
+    result["cli_put_ms"] = statistics.median(cli)
+    # Our children (the host, and through it the plugin, which the host
+    # reaps) are in own_ticks; everything else busy on the machine is foreign.
+    wall = time.monotonic() - wall0
+    foreign = (machine_ticks() - busy0) - (own_ticks() - own0)
+    result["foreign_load"] = max(0.0, foreign / (wall * CLK_TCK * NCPU))
+    return result
+
+
+METRICS = [
+    # key, label, unit, how to read a figure from a result, lower is better
+    ("start_ms", "launch → handshake", "ms", lambda r: r["start_ms"], True),
+    ("ready_ms", "launch → first health check", "ms", lambda r: r["ready_ms"], True),
+    ("put_p50_us", "Put p50", "µs", lambda r: r["put_p50_us"], True),
+    ("put_p99_us", "Put p99", "µs", lambda r: r["put_p99_us"], True),
+    ("get_p50_us", "Get p50", "µs", lambda r: r["get_p50_us"], True),
+    ("get_p99_us", "Get p99", "µs", lambda r: r["get_p99_us"], True),
+    ("c1_calls_s", "Get calls/s, 1 caller", "/s", lambda r: r["conc"]["1"]["calls_s"], False),
+    ("c4_calls_s", "Get calls/s, 4 callers", "/s", lambda r: r["conc"]["4"]["calls_s"], False),
+    ("c16_calls_s", "Get calls/s, 16 callers", "/s", lambda r: r["conc"]["16"]["calls_s"], False),
+    ("c16_p50_us", "Get p50, 16 callers", "µs", lambda r: r["conc"]["16"]["p50_us"], True),
+    ("c16_p99_us", "Get p99, 16 callers", "µs", lambda r: r["conc"]["16"]["p99_us"], True),
+    ("cpu_us_per_call", "plugin CPU per call", "µs", lambda r: r["cpu_us_per_call"], True),
+    ("rss_mb", "RSS after load", "MB", lambda r: r["rss_kb"] / 1024, True),
+    ("peak_rss_mb", "peak RSS", "MB", lambda r: r["peak_rss_kb"] / 1024, True),
+    ("kill_ms", "Kill()", "ms", lambda r: r["kill_ms"], True),
+    ("cli_put_ms", "whole `kv put` CLI", "ms", lambda r: r["cli_put_ms"], True),
+]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+
+    entries = plugins()
+    raw = {name: [] for name, _, _ in entries}
+    with tempfile.TemporaryDirectory(prefix="goplugin-bench") as workdir:
+        for run in range(args.runs):
+            for name, command, extra in entries:
+                result = measure(name, command, extra, args.calls, workdir)
+                raw[name].append(result)
+                flag = " FOREIGN LOAD" if result["foreign_load"] > FOREIGN_LIMIT else ""
+                print(f"run {run + 1}/{args.runs} {name:13s} ready {result['ready_ms']:7.1f} ms  "
+                      f"get p50 {result['get_p50_us']:7.1f} µs  16 callers "
+                      f"{result['conc']['16']['calls_s']:8.0f}/s  foreign load "
+                      f"{result['foreign_load']:.0%}{flag}", flush=True)
+
+    summary = {}
+    for name, results in raw.items():
+        clean = [r for r in results if r["foreign_load"] <= FOREIGN_LIMIT] or results
+        summary[name] = {
+            "runs": len(results),
+            "runs_used": len(clean),
+            "all_runs_flagged": not any(r["foreign_load"] <= FOREIGN_LIMIT for r in results),
+            **{key: statistics.median(get(r) for r in clean) for key, _, _, get, _ in METRICS},
+        }
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": {"cpus": NCPU, "kernel": os.uname().release},
+        "calls_per_phase": args.calls,
+        "runs": args.runs,
+        "foreign_load_limit": FOREIGN_LIMIT,
+        "summary": summary,
+        "raw": raw,
+    }
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
+    write_markdown(report, os.path.join(args.out, "results.md"))
+    plot(report, os.path.join(args.out, "results.png"))
+    print(open(os.path.join(args.out, "results.md")).read())
+
+
+def write_markdown(report, path):
+    s = report["summary"]
+    names = list(s)
+    lines = [
+        f"Medians of {report['runs']} interleaved runs, {report['calls_per_phase']} calls per phase, "
+        f"{report['date']}, {report['machine']['cpus']} CPUs. Ratio = figure ÷ Go plugin's figure "
+        "(for calls/s, higher is better; for everything else, lower is better).",
+        "",
+        "| metric | " + " | ".join(names) + " | " + " | ".join(f"{n} ÷ go" for n in names if n != "go") + " |",
+        "|---|" + "---|" * (len(names) + len(names) - 1),
+    ]
+    for key, label, unit, _, _ in METRICS:
+        cells = [f"{s[n][key]:.1f} {unit}" if s[n][key] < 100 else f"{s[n][key]:.0f} {unit}" for n in names]
+        ratios = [f"{s[n][key] / s['go'][key]:.2f}×" if s["go"][key] else "–" for n in names if n != "go"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    flagged = [n for n in names if s[n]["runs_used"] < s[n]["runs"]]
+    lines.append("")
+    lines.append("Runs with foreign load over "
+                 f"{report['foreign_load_limit']:.0%} of the machine were left out: "
+                 + (", ".join(f"{n} {s[n]['runs'] - s[n]['runs_used']}" for n in flagged) or "none") + ".")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def plot(report, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = report["summary"]
+    names = [n for n in s if n != "go"]
+    shown = [m for m in METRICS if m[0] in (
+        "start_ms", "ready_ms", "put_p50_us", "get_p50_us", "c16_calls_s",
+        "cpu_us_per_call", "rss_mb", "kill_ms", "cli_put_ms")]
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        ratios = []
+        for key, _, _, _, lower_better in shown:
+            ratio = s[name][key] / s["go"][key] if s["go"][key] else 1.0
+            # Plot "how many times better than Go": > 1 is better.
+            ratios.append(1 / ratio if lower_better else ratio)
+        ax.bar([x + i * width for x in range(len(shown))], ratios, width, label=name)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(shown))])
+    ax.set_xticklabels([label for _, label, _, _, _ in shown], rotation=25, ha="right")
+    ax.set_ylabel("advantage over the Go plugin (×, log scale; > 1 is better)")
+    ax.set_title(f"KV plugins through go-plugin's host, medians of {report['runs']} runs ({report['date']})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
