@@ -250,7 +250,6 @@ fn io_status(action: &str, file: &str, err: &io::Error) -> RpcStatus {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::path::Component;
 
     fn store(durability: Durability) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -370,6 +369,7 @@ mod tests {
                     prop_assert_eq!(&name, &format!("kv_{key}"));
                     prop_assert!(name.len() <= 255);
                     let components: Vec<_> = Path::new(&name).components().collect();
+                    use std::path::Component;
                     prop_assert_eq!(components.len(), 1);
                     prop_assert!(matches!(components[0], Component::Normal(n) if n == name.as_str()));
                     prop_assert!(!name.starts_with(TEMP_PREFIX));
