@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{Host, Plugin, field, gone_within, tempdir};
+use crate::support::{Host, Plugin, Running, field, gone_within, tempdir};
 
 const HOSTS: [Host; 2] = [Host::Current, Host::V101];
 
@@ -259,54 +259,28 @@ fn the_current_hosts_socket_group_option_reaches_the_plugin() {
 /// prints pass through next to the log lines.
 #[test]
 fn nothing_but_the_handshake_reaches_the_real_stdout() {
-    use goplugin::grpcio::{ChannelBuilder, EnvBuilder};
     use goplugin::proto::kv::{KvClient, PutRequest};
-    use goplugin::proto::plugin::{Empty, GrpcControllerClient};
-    use std::io::Read;
-    use std::sync::Arc;
 
     let dir = tempdir();
-    let mut child = Command::new(echo_plugin())
+    let mut command = Command::new(echo_plugin());
+    command
         .current_dir(dir.path())
         .env_clear()
         .env("BASIC_PLUGIN", "hello")
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let path = line
-        .trim_end()
-        .split('|')
-        .nth(3)
-        .expect("address")
-        .to_string();
-    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-    let channel = ChannelBuilder::new(env).connect(&format!("unix:{path}"));
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let running = Running::spawn(command, true);
+    assert!(running.line.starts_with("1|1|unix|"), "{:?}", running.line);
     let mut put = PutRequest::new();
     put.set_key("k".into());
     put.set_value(b"hello".to_vec());
-    KvClient::new(channel.clone()).put(&put).expect("put");
-    let _ = GrpcControllerClient::new(channel).shutdown(&Empty::new());
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    assert!(line.starts_with("1|1|unix|"), "{line:?}");
-    assert_eq!(rest, "", "stdout after the handshake line");
-    assert!(stderr.contains("stderr says hello\n"), "{stderr}");
+    KvClient::new(running.channel()).put(&put).expect("put");
+    let out = running.shutdown();
+    assert!(out.status.success());
+    assert_eq!(out.stdout_str(), "", "stdout after the handshake line");
+    assert!(out.stderr.contains("stderr says hello\n"), "{}", out.stderr);
     assert!(
-        stderr.contains("\"@message\":\"info line for hello\""),
-        "{stderr}"
+        out.stderr.contains("\"@message\":\"info line for hello\""),
+        "{}",
+        out.stderr
     );
 }

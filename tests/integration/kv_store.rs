@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use goplugin::proto::kv::{KvClient, PutRequest};
 
-use crate::support::{COOKIE, Host, HostRun, Plugin, Running, field, plugin_command, run, tempdir};
+use crate::support::{
+    COOKIE, Host, HostRun, Output, Plugin, Running, field, plugin_command, run, tempdir,
+};
 
 const HOSTS: [Host; 2] = [Host::Current, Host::V101];
 
@@ -292,7 +294,7 @@ fn sigkill_during_puts_never_leaves_a_torn_or_lost_value() {
     }
     // A clean start removes what the killed processes left.
     let running = Running::start_in(Plugin::Rust, &[COOKIE], dir.path());
-    let (status, _) = running.shutdown();
+    let Output { status, .. } = running.shutdown();
     assert!(status.success());
     let left: Vec<String> = fs::read_dir(dir.path())
         .unwrap()

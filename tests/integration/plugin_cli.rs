@@ -1,22 +1,18 @@
 //! `kv-plugin` run directly, the way a host would, without a host in the
 //! way: the environment rules, the stdout discipline, signals and shutdown.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use goplugin::grpcio::{ChannelBuilder, EnvBuilder, RpcStatusCode};
+use goplugin::grpcio::RpcStatusCode;
 use goplugin::proto::kv::{GetRequest, KvClient, PutRequest};
-use goplugin::proto::plugin::{Empty, GrpcControllerClient};
 use grpcio_health::HealthClient;
 use grpcio_health::proto::HealthCheckRequest;
 
-use crate::support::{
-    COOKIE, Output, Plugin, Running, plugin_command, run, tempdir, wait_with_watchdog,
-};
+use crate::support::{COOKIE, Output, Plugin, Running, plugin_command, run, tempdir};
 
 /// Environment variables as `(name, value)` pairs.
 type Vars = &'static [(&'static str, &'static str)];
@@ -54,7 +50,7 @@ fn the_python_reference_ignores_the_cookie() {
         "{:?}",
         running.line
     );
-    let (status, _) = running.shutdown();
+    let Output { status, .. } = running.shutdown();
     assert!(status.success());
 }
 
@@ -162,7 +158,11 @@ fn handshake_lines_follow_the_environment() {
         assert!(line.starts_with(prefix), "{env:?}: {line:?}");
         assert!(line.ends_with(suffix), "{env:?}: {line:?}");
         assert_eq!(line.matches('\n').count(), 1, "{env:?}: one line");
-        let (status, rest) = running.shutdown();
+        let Output {
+            status,
+            stdout: rest,
+            ..
+        } = running.shutdown();
         assert!(status.success(), "{env:?}: {status}");
         assert!(
             rest.is_empty(),
@@ -174,25 +174,12 @@ fn handshake_lines_follow_the_environment() {
 #[test]
 fn invalid_version_entries_are_logged_as_warnings() {
     let dir = tempdir();
-    let mut command = plugin_command(
+    let command = plugin_command(
         Plugin::Rust,
         &[COOKIE, ("PLUGIN_PROTOCOL_VERSIONS", "x,1")],
         dir.path(),
     );
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let address = format!("unix:{}", line.split('|').nth(3).unwrap());
-    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-    let _ = GrpcControllerClient::new(ChannelBuilder::new(env).connect(&address))
-        .shutdown(&Empty::new());
-    child.stdout = Some(stdout.into_inner());
-    let out = wait_with_watchdog(child);
+    let out = Running::spawn(command, true).shutdown();
     assert!(out.status.success());
     assert!(
         out.stderr.contains("\"@level\":\"warn\"")
@@ -231,7 +218,11 @@ fn serves_kv_health_and_stops_on_shutdown_with_nothing_more_on_stdout() {
         other => panic!("a key with '/' must be INVALID_ARGUMENT, got {other:?}"),
     }
 
-    let (status, rest) = running.shutdown();
+    let Output {
+        status,
+        stdout: rest,
+        ..
+    } = running.shutdown();
     assert!(status.success(), "{status}");
     assert!(rest.is_empty(), "stdout after the handshake: {rest:?}");
 }
@@ -247,7 +238,7 @@ fn sigint_is_ignored_while_serving() {
     let mut check = HealthCheckRequest::default();
     check.set_service("plugin".into());
     health.check(&check).expect("still serving after SIGINT");
-    let (status, _) = running.shutdown();
+    let Output { status, .. } = running.shutdown();
     assert!(status.success(), "{status}");
 }
 

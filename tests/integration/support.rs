@@ -211,7 +211,7 @@ pub fn run(mut command: Command) -> Output {
     wait_with_watchdog(child)
 }
 
-pub fn wait_with_watchdog(mut child: Child) -> Output {
+fn wait_with_watchdog(mut child: Child) -> Output {
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
     let out = thread::spawn(move || {
@@ -306,6 +306,7 @@ pub struct Running {
     child: Option<Child>,
     pub line: String,
     rest: mpsc::Receiver<Vec<u8>>,
+    stderr: Option<mpsc::Receiver<String>>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -320,12 +321,31 @@ impl Running {
 
     /// Starts `plugin` with `dir` as its working directory.
     pub fn start_in(plugin: Plugin, env: &[(&str, &str)], dir: &Path) -> Running {
-        let mut command = plugin_command(plugin, env, dir);
+        Running::spawn(plugin_command(plugin, env, dir), false)
+    }
+
+    /// Starts `command` and waits for its handshake line; with
+    /// `capture_stderr`, [`shutdown`](Self::shutdown) returns its stderr,
+    /// otherwise it goes to the test's stderr.
+    pub fn spawn(mut command: Command, capture_stderr: bool) -> Running {
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if capture_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            });
         let mut child = command.spawn().expect("start plugin");
+        let stderr = child.stderr.take().map(|mut pipe| {
+            let (tx, rx) = mpsc::channel();
+            thread::spawn(move || {
+                let mut text = Vec::new();
+                let _ = pipe.read_to_end(&mut text);
+                let _ = tx.send(String::from_utf8_lossy(&text).into_owned());
+            });
+            rx
+        });
         let stdout = child.stdout.take().expect("piped");
         let (line_tx, line_rx) = mpsc::channel();
         let (rest_tx, rest) = mpsc::channel();
@@ -350,6 +370,7 @@ impl Running {
             child: Some(child),
             line,
             rest,
+            stderr,
             _dir: None,
         }
     }
@@ -375,16 +396,14 @@ impl Running {
     }
 
     /// Calls GRPCController/Shutdown and waits for the process to end.
-    /// Returns what stdout carried after the handshake line.
-    pub fn shutdown(self) -> (std::process::ExitStatus, Vec<u8>) {
+    /// Returns the exit status, what stdout carried after the handshake
+    /// line, and stderr if it was captured.
+    pub fn shutdown(self) -> Output {
         self.shutdown_with(None)
     }
 
     /// [`shutdown`](Self::shutdown) over a channel with `creds` (AutoMTLS).
-    pub fn shutdown_with(
-        mut self,
-        creds: Option<goplugin::grpcio::ChannelCredentials>,
-    ) -> (std::process::ExitStatus, Vec<u8>) {
+    pub fn shutdown_with(mut self, creds: Option<goplugin::grpcio::ChannelCredentials>) -> Output {
         let channel = match creds {
             Some(creds) => {
                 let env = Arc::new(EnvBuilder::new().cq_count(1).build());
@@ -409,11 +428,20 @@ impl Running {
             .recv_timeout(Duration::from_secs(2))
             .unwrap_or_else(|_| panic!("plugin {pid} did not exit within 2 s of Shutdown"))
             .expect("wait");
-        let rest = self
+        let stdout = self
             .rest
             .recv_timeout(Duration::from_secs(5))
             .unwrap_or_default();
-        (status, rest)
+        let stderr = self
+            .stderr
+            .as_ref()
+            .and_then(|rx| rx.recv_timeout(Duration::from_secs(5)).ok())
+            .unwrap_or_default();
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
     }
 }
 

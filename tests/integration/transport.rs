@@ -14,7 +14,7 @@ use goplugin::grpcio::{ChannelBuilder, ChannelCredentialsBuilder, EnvBuilder};
 use goplugin::proto::kv::{KvClient, PutRequest};
 use rcgen::{CertificateParams, KeyPair};
 
-use crate::support::{COOKIE, Plugin, Running, plugin_command, run, tempdir};
+use crate::support::{COOKIE, Output, Plugin, Running, plugin_command, run, tempdir};
 
 fn socket_path(running: &Running) -> String {
     let fields: Vec<&str> = running.line.trim_end().split('|').collect();
@@ -42,7 +42,7 @@ fn the_socket_lives_in_plugin_unix_socket_dir_owner_only_and_goes_away() {
     );
     let meta = fs::metadata(&path).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600, "owner only");
-    let (status, _) = running.shutdown();
+    let Output { status, .. } = running.shutdown();
     assert!(status.success());
     assert!(
         !Path::new(&path).exists(),
@@ -132,7 +132,7 @@ fn a_socket_path_over_the_limit_falls_back_to_tcp_with_a_warning() {
     let mut put = PutRequest::new();
     put.set_key("k".into());
     kv.put(&put).expect("the TCP fallback serves");
-    let (status, _) = running.shutdown();
+    let Output { status, .. } = running.shutdown();
     assert!(status.success());
 }
 
@@ -217,7 +217,7 @@ fn automtls_lets_only_the_hosts_certificate_in() {
             3,
             "{network}: the host's cert"
         );
-        let (status, _) =
+        let Output { status, .. } =
             running.shutdown_with(Some(host_cert_creds(&plugin_pem, &host_cert, &host_key)));
         assert!(status.success());
     }
@@ -268,34 +268,22 @@ int socket(int domain, int type, int protocol) {
 
 #[test]
 fn without_unix_sockets_the_plugin_falls_back_to_tcp() {
-    use std::io::{BufRead, BufReader};
-
     let dir = tempdir();
     let shim = no_unix_sockets_shim(dir.path());
     let mut command = plugin_command(Plugin::Rust, &[COOKIE], dir.path());
-    command
-        .env("LD_PRELOAD", &shim)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert!(line.starts_with("1|1|tcp|127.0.0.1:"), "{line:?}");
-    let address = line.split('|').nth(3).unwrap().to_string();
+    command.env("LD_PRELOAD", &shim);
+    let running = Running::spawn(command, true);
+    assert!(
+        running.line.starts_with("1|1|tcp|127.0.0.1:"),
+        "{:?}",
+        running.line
+    );
     assert_eq!(
-        successful_puts(&address, None),
+        successful_puts(&running.target(), None),
         3,
         "the TCP fallback serves"
     );
-    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-    let _ = goplugin::proto::plugin::GrpcControllerClient::new(
-        ChannelBuilder::new(env).connect(&address),
-    )
-    .shutdown(&goplugin::proto::plugin::Empty::new());
-    child.stdout = Some(stdout.into_inner());
-    let out = crate::support::wait_with_watchdog(child);
+    let out = running.shutdown();
     assert!(out.status.success());
     assert!(
         out.stderr.contains(
