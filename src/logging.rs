@@ -231,6 +231,50 @@ mod tests {
         )
     }
 
+    fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills two fresh descriptors that we then own.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        unsafe {
+            (
+                std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        }
+    }
+
+    #[test]
+    fn a_stalled_reader_costs_about_a_second_not_a_hang() {
+        use std::os::fd::AsRawFd;
+        let (_read, write) = pipe();
+        let fd = write.as_raw_fd();
+        // Fill the pipe without blocking, then write as the logger does.
+        // SAFETY: fcntl and write on a descriptor we own.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            let chunk = [b'x'; 4096];
+            while libc::write(fd, chunk.as_ptr().cast(), chunk.len()) > 0 {}
+            libc::fcntl(fd, libc::F_SETFL, flags);
+        }
+        let start = std::time::Instant::now();
+        write_fd(fd, b"a log line\n");
+        let waited = start.elapsed();
+        assert!(
+            waited < Duration::from_secs(5),
+            "write_fd waited {waited:?}"
+        );
+    }
+
+    #[test]
+    fn a_reader_that_is_gone_is_not_a_panic() {
+        use std::os::fd::AsRawFd;
+        let (read, write) = pipe();
+        drop(read);
+        write_fd(write.as_raw_fd(), b"nobody reads this\n");
+    }
+
     #[test]
     fn timestamps_have_six_fractional_digits_in_utc() {
         let cases: &[(u64, u32, &str)] = &[
