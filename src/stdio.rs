@@ -19,7 +19,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
@@ -136,7 +136,8 @@ pub(crate) struct Capture {
     shared: Arc<Shared>,
     real_stdout: OwnedFd,
     real_stderr: OwnedFd,
-    readers: Vec<JoinHandle<()>>,
+    /// One message per reader thread when it has forwarded everything.
+    readers_done: std::sync::mpsc::Receiver<()>,
 }
 
 impl Capture {
@@ -157,25 +158,20 @@ impl Capture {
         drop((out_write, err_write));
         *shared.pipes.lock().unwrap_or_else(PoisonError::into_inner) =
             vec![out_read.as_raw_fd(), err_read.as_raw_fd()];
-        let readers = vec![
-            reader(
-                Arc::clone(&shared),
-                out_read,
-                StdioData_Channel::STDOUT,
-                None,
-            ),
-            reader(
-                Arc::clone(&shared),
-                err_read,
-                StdioData_Channel::STDERR,
-                Some(real_stderr.as_raw_fd()),
-            ),
-        ];
+        let (done, readers_done) = std::sync::mpsc::channel();
+        reader(Arc::clone(&shared), out_read, StdioData_Channel::STDOUT, None, done.clone());
+        reader(
+            Arc::clone(&shared),
+            err_read,
+            StdioData_Channel::STDERR,
+            Some(real_stderr.as_raw_fd()),
+            done,
+        );
         Ok(Capture {
             shared,
             real_stdout,
             real_stderr,
-            readers,
+            readers_done,
         })
     }
 
@@ -193,9 +189,10 @@ impl Capture {
         // The readers end at EOF, once no process holds the pipes; a child
         // that still does must not hold up the plugin's exit.
         let deadline = Instant::now() + Duration::from_millis(200);
-        for reader in self.readers {
-            while !reader.is_finished() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(1));
+        for _ in 0..2 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.readers_done.recv_timeout(left).is_err() {
+                break;
             }
         }
         self.shared
@@ -207,12 +204,14 @@ impl Capture {
     }
 }
 
+/// Starts a thread that forwards `pipe` until EOF, then reports on `done`.
 fn reader(
     shared: Arc<Shared>,
     pipe: OwnedFd,
     channel: StdioData_Channel,
     real_stderr: Option<RawFd>,
-) -> JoinHandle<()> {
+    done: std::sync::mpsc::Sender<()>,
+) {
     let name = format!(
         "goplugin-{}",
         if real_stderr.is_some() {
@@ -227,25 +226,25 @@ fn reader(
             // SAFETY: reading into a buffer we own, at most its length.
             let n = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n == 0 {
-                return;
+                break;
             }
             if n < 0 {
                 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return;
+                break;
             }
             shared.in_hand.fetch_add(1, Ordering::AcqRel);
             shared.forward(channel, &buf[..n as usize], real_stderr);
             shared.in_hand.fetch_sub(1, Ordering::AcqRel);
         }
+        let _ = done.send(());
     });
-    // Without a reader the pipe would fill up and block the plugin; a
-    // spawn failure at this point means the process is out of threads.
-    spawned.unwrap_or_else(|err| {
+    if let Err(err) = spawned {
+        // Out of threads: the pipe will fill up and block writers. Nothing
+        // better can be done this late; say so.
         log::error!("cannot start the stdio reader: {err}");
-        thread::spawn(|| {})
-    })
+    }
 }
 
 fn unread_bytes(fd: RawFd) -> libc::c_int {
