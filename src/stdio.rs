@@ -159,7 +159,13 @@ impl Capture {
         *shared.pipes.lock().unwrap_or_else(PoisonError::into_inner) =
             vec![out_read.as_raw_fd(), err_read.as_raw_fd()];
         let (done, readers_done) = std::sync::mpsc::channel();
-        reader(Arc::clone(&shared), out_read, StdioData_Channel::STDOUT, None, done.clone());
+        reader(
+            Arc::clone(&shared),
+            out_read,
+            StdioData_Channel::STDOUT,
+            None,
+            done.clone(),
+        );
         reader(
             Arc::clone(&shared),
             err_read,
