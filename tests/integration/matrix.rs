@@ -334,25 +334,34 @@ fn version_negotiation(c: Cell) {
     );
 }
 
-/// Finds `n` consecutive free ports on 127.0.0.1 and returns the first.
-fn free_port_run(n: u16) -> u16 {
-    for attempt in 0..200u32 {
-        let base = 20_000 + ((std::process::id() * 7919 + attempt * 104_729) % 40_000) as u16;
-        if (0..n).all(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, base + i)).is_ok()) {
-            return base;
+/// Three consecutive ports on 127.0.0.1: the first two held by listeners
+/// of the test (busy for the plugin), the third free. Tests run in parallel
+/// in one process, so each call starts its search somewhere else, and the
+/// busy ports are held from the moment they are found. The ports lie
+/// between the hosts' default range start (10000, where TCP plugins of other
+/// tests bind) and Linux's ephemeral ports (32768 and up, where OS-assigned
+/// ports come from), so no other test takes the free one meanwhile.
+fn busy_busy_free() -> (u16, Vec<TcpListener>) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    for _ in 0..400 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = 20_000
+            + ((std::process::id().wrapping_mul(7919) ^ n.wrapping_mul(104_729)) % 12_000) as u16;
+        let busy: Vec<TcpListener> = (0..2)
+            .map_while(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, base + i)).ok())
+            .collect();
+        if busy.len() == 2 && TcpListener::bind((Ipv4Addr::LOCALHOST, base + 2)).is_ok() {
+            return (base, busy);
         }
     }
-    panic!("no run of {n} free ports on 127.0.0.1");
+    panic!("no run of 3 free ports on 127.0.0.1");
 }
 
 fn port_range(c: Cell) {
     let plugin = c.plugin;
     let dir = tempdir();
-    let base = free_port_run(3);
     // The first two ports of the range are taken by another listener.
-    let _busy: Vec<TcpListener> = (0..2)
-        .map(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, base + i)).unwrap())
-        .collect();
+    let (base, _busy) = busy_busy_free();
     let range = |max: u16| {
         c.host_run(dir.path())
             .env("KV_HOST_MIN_PORT", &base.to_string())
