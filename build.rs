@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "kv/kv.proto",
     "plugin/grpc_controller.proto",
     "plugin/grpc_stdio.proto",
+    "plugin/grpc_broker.proto",
 ];
 
 fn main() {

@@ -62,6 +62,13 @@ pub enum Error {
         reason: String,
     },
 
+    /// A brokered connection could not be made.
+    #[error("broker: {reason}")]
+    Broker {
+        /// What failed.
+        reason: String,
+    },
+
     /// The listener could not be opened.
     #[error("cannot listen on {address}: {reason}")]
     Bind {

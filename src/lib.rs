@@ -101,6 +101,7 @@
 #![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations)]
 
 mod blocking;
+mod broker;
 mod controller;
 pub mod env;
 mod error;
@@ -115,6 +116,7 @@ mod tls;
 mod watchdog;
 
 pub use blocking::BlockingPool;
+pub use broker::Broker;
 pub use env::PluginEnv;
 pub use error::{Error, Result};
 pub use grpcio;

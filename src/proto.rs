@@ -18,6 +18,10 @@ pub mod kv {
 
 /// go-plugin's protocol services (`package plugin`).
 pub mod plugin {
+    pub use super::generated::grpc_broker::{ConnInfo, ConnInfo_Knock};
+    pub use super::generated::grpc_broker_grpc::{
+        GrpcBroker, GrpcBrokerClient, create_grpc_broker,
+    };
     pub use super::generated::grpc_controller::Empty;
     pub use super::generated::grpc_controller_grpc::{
         GrpcController, GrpcControllerClient, create_grpc_controller,

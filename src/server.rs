@@ -13,6 +13,7 @@ use std::time::Duration;
 use grpcio::{ChannelBuilder, EnvBuilder, Environment, ServerBuilder};
 use grpcio_health::HealthService;
 
+use crate::broker::{self, Broker};
 use crate::env::PluginEnv;
 use crate::error::{Error, Result};
 use crate::handshake::{HandshakeConfig, HandshakeLine, negotiate_version};
@@ -72,6 +73,7 @@ pub struct PluginServerBuilder {
     forward_stdio: bool,
     watch_host: bool,
     shutdown_grace: Duration,
+    broker: Broker,
 }
 
 impl fmt::Debug for PluginServerBuilder {
@@ -96,6 +98,13 @@ impl PluginServerBuilder {
     pub fn service(self, service: grpcio::Service) -> Self {
         let version = self.handshake.protocol_version;
         self.versioned_service(version, service)
+    }
+
+    /// The plugin's [`Broker`], for services that open extra connections to
+    /// or from the host (go-plugin's bidirectional plugins). Take it before
+    /// building those services; it works once the server is built.
+    pub fn broker(&self) -> Broker {
+        self.broker.clone()
     }
 
     /// Adds a service for app protocol `version`, like go-plugin's
@@ -203,7 +212,11 @@ impl PluginServerBuilder {
         env.verify_cookie(&self.handshake)?;
         // AutoMTLS only when the host asks: a host that did not ask for TLS
         // panics on a certificate in the handshake line.
-        let tls = env.client_cert().map(AutoMtls::new).transpose()?;
+        let tls = env
+            .client_cert()
+            .map(AutoMtls::new)
+            .transpose()?
+            .map(Arc::new);
 
         let version = self.negotiate(&env);
         grpcio::redirect_log();
@@ -230,7 +243,8 @@ impl PluginServerBuilder {
             .channel_args(args)
             .register_service(health_service)
             .register_service(controller::service(shutdown.clone(), Arc::clone(&stdio)))
-            .register_service(stdio::service(Arc::clone(&stdio)));
+            .register_service(stdio::service(Arc::clone(&stdio)))
+            .register_service(broker::service(self.broker.clone()));
         for service in self.services.remove(&version).unwrap_or_default() {
             builder = builder.register_service(service);
         }
@@ -241,6 +255,13 @@ impl PluginServerBuilder {
         };
         let (listener, socket_file) =
             listener::bind(&mut server, self.transport, &env, &credentials)?;
+
+        self.broker.configure(broker::Config {
+            env: env.clone(),
+            transport: self.transport,
+            tls: tls.clone(),
+            grpc_env: Arc::clone(&grpc_env),
+        });
 
         let line = HandshakeLine {
             app_protocol_version: version,
@@ -263,6 +284,7 @@ impl PluginServerBuilder {
             forward_stdio: self.forward_stdio,
             watch_host: self.watch_host,
             stdio,
+            broker: self.broker.clone(),
             shutdown_grace: self.shutdown_grace,
             _grpc_env: grpc_env,
         })
@@ -341,6 +363,7 @@ pub struct PluginServer {
     forward_stdio: bool,
     watch_host: bool,
     stdio: Arc<stdio::Shared>,
+    broker: Broker,
     shutdown_grace: Duration,
     _grpc_env: Arc<Environment>,
 }
@@ -369,6 +392,7 @@ impl PluginServer {
             forward_stdio: true,
             watch_host: true,
             shutdown_grace: Duration::from_millis(500),
+            broker: Broker::default(),
         }
     }
 
@@ -432,6 +456,7 @@ impl PluginServer {
     /// Stops the server: no new calls, calls in progress get the grace
     /// period, then whatever is left (streams included) is cancelled.
     fn stop(&mut self) {
+        self.broker.shutdown();
         self.stdio.end_streams();
         self.health.shutdown();
         let shutdown = self.server.shutdown();

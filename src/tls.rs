@@ -17,7 +17,10 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
-use grpcio::{CertificateRequestType, ServerCredentials, ServerCredentialsBuilder};
+use grpcio::{
+    CertificateRequestType, ChannelCredentials, ChannelCredentialsBuilder, ServerCredentials,
+    ServerCredentialsBuilder,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SerialNumber,
@@ -72,6 +75,17 @@ impl AutoMtls {
                 CertificateRequestType::RequestAndRequireClientCertificateAndVerify,
             )
             .add_cert(self.cert_pem.clone(), self.key_pem.clone())
+            .build()
+    }
+}
+
+impl AutoMtls {
+    /// Client credentials for dialing the host's brokered servers: the
+    /// plugin's certificate as client certificate, the host's trusted.
+    pub(crate) fn channel_credentials(&self) -> ChannelCredentials {
+        ChannelCredentialsBuilder::new()
+            .root_cert(self.host_cert_pem.clone())
+            .cert(self.cert_pem.clone(), self.key_pem.clone())
             .build()
     }
 }

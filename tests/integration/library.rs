@@ -258,3 +258,109 @@ fn blocking_handlers_run_concurrently_on_one_connection() {
     stop.shutdown();
     handle.join().unwrap().unwrap();
 }
+
+/// A stand-in for the host's side of the broker: a plain gRPC server with
+/// `service` on a unix socket in `dir`.
+fn host_side_server(
+    dir: &std::path::Path,
+    service: goplugin::grpcio::Service,
+) -> (goplugin::grpcio::Server, String) {
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    let mut server = goplugin::grpcio::ServerBuilder::new(env)
+        .register_service(service)
+        .build()
+        .unwrap();
+    let path = dir.join("host-broker.sock").to_str().unwrap().to_string();
+    server
+        .add_listening_port(
+            format!("unix:{path}"),
+            goplugin::grpcio::ServerCredentials::insecure(),
+        )
+        .unwrap();
+    server.start();
+    (server, path)
+}
+
+fn conn_info(id: u32, network: &str, address: &str) -> goplugin::proto::plugin::ConnInfo {
+    let mut info = goplugin::proto::plugin::ConnInfo::new();
+    info.set_service_id(id);
+    info.set_network(network.into());
+    info.set_address(address.into());
+    info
+}
+
+#[test]
+fn the_broker_dials_what_the_host_announces_and_announces_what_it_serves() {
+    use futures::{SinkExt, StreamExt};
+    use goplugin::grpcio::WriteFlags;
+    use goplugin::proto::plugin::GrpcBrokerClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_host_server, host_path) =
+        host_side_server(dir.path(), create_kv(Fixed(b"from the host")));
+    let out = Captured::default();
+    let builder = builder().env(PluginEnv::from_vars([
+        ("TEST_COOKIE", "yes"),
+        ("TMPDIR", dir.path().to_str().unwrap()),
+    ]));
+    let broker = builder.broker();
+    let server = builder.handshake_output(out.clone()).build().unwrap();
+    let stop = server.shutdown_handle();
+    let target = server.listener().dial_target();
+    let (_, serving) = serve(server, &out);
+
+    // The plugin serves something under an id before the host opens the
+    // stream: the announcement waits for the stream.
+    let id = broker.next_id();
+    assert_eq!(id, 1, "ids start at 1");
+    let brokered = broker
+        .accept_and_serve(id, vec![create_kv(Fixed(b"from the plugin"))])
+        .unwrap();
+    assert!(std::path::Path::new(&brokered.address).exists());
+
+    // The host opens the broker stream, as go-plugin does right after connecting.
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    // The client owns the channel and so the environment: keep it alive.
+    let host_broker = GrpcBrokerClient::new(ChannelBuilder::new(env).connect(&target));
+    let (mut to_plugin, mut from_plugin) = host_broker.start_stream().unwrap();
+    let info = futures::executor::block_on(from_plugin.next())
+        .expect("an announcement")
+        .unwrap();
+    assert_eq!((info.get_service_id(), info.get_network()), (1, "unix"));
+    assert_eq!(
+        get(&client(&format!("unix:{}", info.get_address())), "k").unwrap(),
+        b"from the plugin"
+    );
+
+    // The host announces its own server under id 7; the plugin dials it.
+    futures::executor::block_on(
+        to_plugin.send((conn_info(7, "unix", &host_path), WriteFlags::default())),
+    )
+    .unwrap();
+    let channel = broker.dial(7).expect("dial an announced id");
+    assert_eq!(get(&KvClient::new(channel), "k").unwrap(), b"from the host");
+
+    // An id nobody announces fails after go-plugin's 5 s, not never.
+    let start = std::time::Instant::now();
+    let err = match broker.dial(99) {
+        Ok(_) => panic!("id 99 is never announced"),
+        Err(err) => err.to_string(),
+    };
+    assert!(
+        err.contains("no connection for service id 99 within 5 s"),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_secs(5),
+        "waited {:?}",
+        start.elapsed()
+    );
+
+    stop.shutdown();
+    serving.join().unwrap().unwrap();
+    assert!(
+        !std::path::Path::new(&brokered.address).exists(),
+        "brokered socket removed at shutdown"
+    );
+    let _ = futures::executor::block_on(to_plugin.close());
+}
