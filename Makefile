@@ -29,10 +29,9 @@ demo: deps hosts
 	echo "== the host's log of these calls: $$dir/host.log"
 
 ## test: install what is missing, then fmt, clippy, rustdoc and every test
-test: deps hosts python-ref lint doc
+test: deps hosts python-ref lint doc bench-quick
 	$(CARGO) test $(CARGO_FLAGS) --all-targets
 	$(CARGO) test $(CARGO_FLAGS) --doc
-	$(MAKE) --no-print-directory bench-quick
 
 ## bench: Rust vs Go vs Python KV plugins through the current go-plugin host
 ## (5 interleaved runs); writes bench/results/results.{json,md,png}
