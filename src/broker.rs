@@ -31,7 +31,7 @@ use crate::env::PluginEnv;
 use crate::error::{Error, Result};
 use crate::listener::{self, Listener, SocketFile, Transport};
 use crate::proto::plugin::{ConnInfo, GrpcBroker, create_grpc_broker};
-use crate::tls::AutoMtls;
+use crate::tls::{self, AutoMtls};
 
 /// How long a dial waits for an id, and how long an unclaimed announcement
 /// is kept: go-plugin's 5 s.
@@ -108,10 +108,7 @@ impl Broker {
             builder = builder.register_service(service);
         }
         let mut server = builder.build()?;
-        let credentials = || match &config.tls {
-            Some(tls) => tls.server_credentials(),
-            None => grpcio::ServerCredentials::insecure(),
-        };
+        let credentials = || tls::listener_credentials(config.tls.as_deref());
         let (listener, socket) =
             listener::bind(&mut server, config.transport, &config.env, &credentials)?;
         server.start();

@@ -18,7 +18,7 @@ use crate::env::PluginEnv;
 use crate::error::{Error, Result};
 use crate::handshake::{HandshakeConfig, HandshakeLine, negotiate_version};
 use crate::listener::{self, Listener, SocketFile, Transport};
-use crate::tls::AutoMtls;
+use crate::tls::{self, AutoMtls};
 use crate::{controller, health, stdio, watchdog};
 
 /// Serves `service` as a go-plugin plugin and blocks until the host shuts
@@ -249,10 +249,7 @@ impl PluginServerBuilder {
             builder = builder.register_service(service);
         }
         let mut server = builder.build()?;
-        let credentials = || match &tls {
-            Some(tls) => tls.server_credentials(),
-            None => grpcio::ServerCredentials::insecure(),
-        };
+        let credentials = || tls::listener_credentials(tls.as_deref());
         let (listener, socket_file) =
             listener::bind(&mut server, self.transport, &env, &credentials)?;
 

@@ -79,6 +79,15 @@ impl AutoMtls {
     }
 }
 
+/// Credentials for a listener: AutoMTLS when the host asked for it, plain
+/// otherwise. The main server and brokered servers use the same.
+pub(crate) fn listener_credentials(tls: Option<&AutoMtls>) -> ServerCredentials {
+    match tls {
+        Some(tls) => tls.server_credentials(),
+        None => ServerCredentials::insecure(),
+    }
+}
+
 impl AutoMtls {
     /// Client credentials for dialing the host's brokered servers: the
     /// plugin's certificate as client certificate, the host's trusted.
