@@ -209,17 +209,8 @@ fn unix_sockets_available() -> bool {
 
 fn random_u32() -> u32 {
     let mut bytes = [0u8; 4];
-    // SAFETY: getrandom(2) writes at most `bytes.len()` bytes into the buffer.
-    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if filled == 4 {
-        u32::from_ne_bytes(bytes)
-    } else {
-        // Uniqueness, not secrecy, is what matters for a socket name.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        nanos ^ std::process::id().rotate_left(16)
-    }
+    crate::tls::fill_random(&mut bytes);
+    u32::from_ne_bytes(bytes)
 }
 
 /// A group given by name or number, as go-plugin accepts it.

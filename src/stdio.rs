@@ -186,8 +186,8 @@ impl Capture {
         [self.real_stdout.as_raw_fd(), self.real_stderr.as_raw_fd()]
     }
 
-    /// Puts fds 1 and 2 back, forwards what is still in the pipes, and ends
-    /// the subscriber's stream.
+    /// Puts fds 1 and 2 back and forwards what is still in the pipes. The
+    /// server's stop then ends the subscriber's stream.
     pub(crate) fn finish(self) {
         let _ = dup2(self.real_stdout.as_raw_fd(), 1);
         let _ = dup2(self.real_stderr.as_raw_fd(), 2);
@@ -206,7 +206,6 @@ impl Capture {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
-        self.shared.end_streams();
     }
 }
 

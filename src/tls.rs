@@ -132,19 +132,22 @@ fn generate_certificate() -> std::result::Result<(String, String, Vec<u8>), rcge
     Ok((cert.pem(), key.serialize_pem(), cert.der().to_vec()))
 }
 
-fn fill_random(buf: &mut [u8]) {
+/// Fills `buf` from the kernel's random source. Used where uniqueness
+/// matters (socket names, certificate serials), so if getrandom fails the
+/// clock and the pid stand in.
+pub(crate) fn fill_random(buf: &mut [u8]) {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: getrandom(2) writes at most the remaining length into `buf`.
         let n =
             unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
         if n <= 0 {
-            // Only uniqueness matters for a serial number; fall back to time.
-            let nanos = std::time::SystemTime::now()
+            let seed = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
+                .map_or(0, |d| d.as_nanos())
+                ^ (u128::from(std::process::id()) << 64);
             for (i, byte) in buf[filled..].iter_mut().enumerate() {
-                *byte = (nanos >> ((i % 16) * 8)) as u8;
+                *byte = (seed >> ((i % 16) * 8)) as u8;
             }
             return;
         }

@@ -58,6 +58,11 @@ fn same_key_race_has_no_torn_reads() {
     }
 }
 
+/// A key as the host's `hput`/`hget` take it: hex, so that NUL travels too.
+fn hex(key: &str) -> String {
+    key.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Keys that cannot be one file name: refused with INVALID_ARGUMENT and a
 /// message stating the rule; nothing is created inside or outside the
 /// directory. Keys go through the host hex-encoded, so NUL travels too.
@@ -81,7 +86,7 @@ fn hostile_keys_are_refused_and_write_nothing() {
         let dir = outer.path().join("store");
         fs::create_dir(&dir).unwrap();
         for key in keys {
-            let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
+            let hex = hex(key);
             for args in [vec!["hput", &hex, "v"], vec!["hget", &hex]] {
                 let out = HostRun::new(host, Plugin::Rust, &dir).run(&args);
                 out.assert_failure();
@@ -113,7 +118,7 @@ fn hostile_keys_are_refused_and_write_nothing() {
 fn the_python_reference_takes_hostile_keys_as_paths() {
     let dir = tempdir();
     for key in ["", ".", ".."] {
-        let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
+        let hex = hex(key);
         HostRun::new(Host::Current, Plugin::Python, dir.path())
             .run(&["hput", &hex, "v"])
             .assert_success();
