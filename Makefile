@@ -30,6 +30,7 @@ demo: deps hosts
 
 ## test: install what is missing, then fmt, clippy, rustdoc and every test
 test: deps hosts python-ref lint doc bench-quick
+	$(CARGO) build $(CARGO_FLAGS) --bins --examples
 	$(CARGO) test $(CARGO_FLAGS) --all-targets
 	$(CARGO) test $(CARGO_FLAGS) --doc
 

@@ -13,7 +13,8 @@ use crate::support::{Host, Plugin, Running, field, gone_within, tempdir};
 
 const HOSTS: [Host; 2] = [Host::Current, Host::V101];
 
-/// `examples/echo.rs`, built by `cargo test --all-targets` next to this test.
+/// `examples/echo.rs`, built by `cargo build --examples` (`make test` does;
+/// `cargo test` builds examples only as test harnesses, without the binary).
 fn echo_plugin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
     let path = exe
@@ -23,7 +24,7 @@ fn echo_plugin() -> PathBuf {
         .join("examples/echo");
     assert!(
         path.exists(),
-        "{} is missing: build the examples (`cargo test --release --all-targets`, as `make test` does)",
+        "{} is missing: build the examples first (`cargo build --release --examples`, as `make test` does)",
         path.display()
     );
     path
