@@ -56,7 +56,7 @@ deps:
 
 hosts: $(HOSTS)/kv-host-current $(HOSTS)/kv-host-101 $(HOSTS)/kv-plugin-go
 
-$(HOSTS)/kv-host-current $(HOSTS)/kv-host-101 $(HOSTS)/kv-plugin-go &: $(wildcard tests/fixtures/go-host/*.go) tests/fixtures/go-host/go.mod tests/fixtures/go-host/go.sum tests/fixtures/go-host/build.sh tests/fixtures/go-kv-plugin/main.go proto/kv/kv.proto
+$(HOSTS)/kv-host-current $(HOSTS)/kv-host-101 $(HOSTS)/kv-plugin-go &: $(wildcard tests/fixtures/go-host/*.go) tests/fixtures/go-host/go.mod tests/fixtures/go-host/go.sum tests/fixtures/go-host/build.sh tests/fixtures/go-kv-plugin/main.go proto/kv/kv.proto proto/counter/counter.proto
 	tests/fixtures/go-host/build.sh $(HOSTS)
 
 python-ref: $(PYGEN)/kv_pb2.py

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 /// The files to compile, relative to `proto/`.
 const PROTOS: &[&str] = &[
     "kv/kv.proto",
+    "counter/counter.proto",
     "plugin/grpc_controller.proto",
     "plugin/grpc_stdio.proto",
     "plugin/grpc_broker.proto",

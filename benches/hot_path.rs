@@ -52,14 +52,15 @@ fn main() {
         ("store put (durable, fsync)", Durability::Durable),
         ("store put (relaxed)", Durability::Relaxed),
     ] {
-        let store = Store::open(dir.path(), durability, 1 << 20).expect("store");
+        let store = Store::open(dir.path(), durability, 1 << 20, store::TRAILER).expect("store");
         time(label, n, |i| {
             store
                 .put(&format!("k{}", i % 16), value.clone())
                 .expect("put")
         });
     }
-    let store = Store::open(dir.path(), Durability::Relaxed, 1 << 20).expect("store");
+    let store =
+        Store::open(dir.path(), Durability::Relaxed, 1 << 20, store::TRAILER).expect("store");
     time("store get", n * 10, |i| {
         black_box(store.get(&format!("k{}", i % 16)).expect("get"));
     });

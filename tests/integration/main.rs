@@ -4,6 +4,7 @@
 //! Needs the go-plugin host fixtures and the Python reference, which
 //! `make test` builds (`make hosts python-ref` alone also works).
 
+mod broker;
 mod host_lifecycle;
 mod kv_store;
 mod library;

@@ -188,6 +188,11 @@ impl HostRun {
         HostRun { command }
     }
 
+    /// A host run of the bidirectional example: `counter-plugin`.
+    pub fn counter(host: Host, dir: &Path) -> HostRun {
+        HostRun::new(host, Plugin::Rust, dir).env("KV_PLUGIN", env!("CARGO_BIN_EXE_counter-plugin"))
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> HostRun {
         self.command.env(key, value);
         self

@@ -133,8 +133,13 @@ impl Settings {
 
 fn run(env: PluginEnv) -> Result<(), String> {
     let settings = Settings::from_env(&env)?;
-    let store = Store::open(Path::new("."), settings.durability, settings.max_value)
-        .map_err(|err| format!("cannot open the KV store in the working directory: {err}"))?;
+    let store = Store::open(
+        Path::new("."),
+        settings.durability,
+        settings.max_value,
+        store::TRAILER,
+    )
+    .map_err(|err| format!("cannot open the KV store in the working directory: {err}"))?;
     let service = KvService {
         store: Arc::new(store),
         pool: BlockingPool::new(WORKERS),

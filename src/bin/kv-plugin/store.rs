@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use goplugin::grpcio::{RpcStatus, RpcStatusCode};
 
-/// Appended to every stored value, as the Go and Python plugins do.
+/// What `kv-plugin` appends to every stored value, as the Go and Python KV
+/// plugins do.
 pub const TRAILER: &[u8] = b"\n\nWritten from plugin-rust";
 
 /// Prefix of every key's file name, as in the Go and Python plugins.
@@ -54,6 +55,8 @@ pub struct Store {
     dir_handle: File,
     durability: Durability,
     max_value: usize,
+    /// Appended to every value a `Put` stores.
+    trailer: &'static [u8],
     name_max: usize,
     pid: u32,
     next_temp: AtomicU64,
@@ -61,14 +64,21 @@ pub struct Store {
 
 impl Store {
     /// Opens the store in `dir` and removes temporary files that crashed
-    /// processes left behind.
-    pub fn open(dir: &Path, durability: Durability, max_value: usize) -> io::Result<Store> {
+    /// processes left behind. Every value a `Put` stores gets `trailer`
+    /// appended ([`TRAILER`] for `kv-plugin`, nothing for `counter-plugin`).
+    pub fn open(
+        dir: &Path,
+        durability: Durability,
+        max_value: usize,
+        trailer: &'static [u8],
+    ) -> io::Result<Store> {
         let dir_handle = File::open(dir)?;
         let store = Store {
             dir: dir.to_path_buf(),
             dir_handle,
             durability,
             max_value,
+            trailer,
             name_max: name_max(dir),
             pid: std::process::id(),
             next_temp: AtomicU64::new(0),
@@ -112,7 +122,7 @@ impl Store {
                 ),
             ));
         }
-        value.extend_from_slice(TRAILER);
+        value.extend_from_slice(self.trailer);
         let seq = self.next_temp.fetch_add(1, Ordering::Relaxed);
         let temp = self.dir.join(format!("{TEMP_PREFIX}{}-{seq}", self.pid));
         let written = self.write_then_rename(&temp, &name, &value);
@@ -253,7 +263,7 @@ mod tests {
 
     fn store(durability: Durability) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), durability, 1024).unwrap();
+        let store = Store::open(dir.path(), durability, 1024, TRAILER).unwrap();
         (dir, store)
     }
 
@@ -355,7 +365,7 @@ mod tests {
         for path in [&orphan, &live, &other] {
             fs::write(path, b"partial").unwrap();
         }
-        Store::open(dir.path(), Durability::Relaxed, 16).unwrap();
+        Store::open(dir.path(), Durability::Relaxed, 16, TRAILER).unwrap();
         assert!(!orphan.exists(), "orphan removed");
         assert!(live.exists(), "a live process's temp file is kept");
         assert!(other.exists(), "files of other shapes are not ours");
