@@ -16,11 +16,22 @@
 //! - announcements nobody claims are dropped after 5 s.
 //!
 //! Brokered servers stop, and their socket files go, when the plugin stops.
+//!
+//! When the host multiplexes (`PLUGIN_MULTIPLEX_GRPC=true`, see
+//! [`mux`](crate::mux)), nothing new is dialled or announced: both
+//! directions run over yamux streams of the host's one connection, and
+//! go-plugin's *knock* picks the stream's server. To dial id N the plugin
+//! sends `ConnInfo{service_id: N, knock: {knock: true}}`, waits up to 5 s for
+//! the host's `{knock, ack}` and then opens a stream; a knock from the host
+//! is acknowledged (with an error when nothing is served on that id) and the
+//! host's next stream goes to id N's server.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
@@ -29,13 +40,22 @@ use grpcio::{ChannelBuilder, DuplexSink, Environment, RequestStream, RpcContext,
 
 use crate::env::PluginEnv;
 use crate::error::{Error, Result};
-use crate::listener::{self, Listener, SocketFile, Transport};
-use crate::proto::plugin::{ConnInfo, GrpcBroker, create_grpc_broker};
+use crate::listener::{self, GrpcBind, Listener, RawBind, RawListener, SocketFile, Transport};
+use crate::mux::Muxer;
+use crate::proto::plugin::{ConnInfo, ConnInfo_Knock, GrpcBroker, create_grpc_broker};
 use crate::tls::{self, AutoMtls};
 
 /// How long a dial waits for an id, and how long an unclaimed announcement
 /// is kept: go-plugin's 5 s.
 const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A multiplexed dial's local listener closes after this long without a
+/// connection (its channel was dropped, or never used).
+const BRIDGE_IDLE: Duration = Duration::from_secs(10);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// A handle on the plugin's broker. Cheap to clone; get it from
 /// [`PluginServerBuilder::broker`](crate::PluginServerBuilder::broker)
@@ -64,6 +84,12 @@ struct Inner {
     outgoing: Mutex<Outgoing>,
     config: OnceLock<Config>,
     servers: Mutex<Vec<(grpcio::Server, Option<SocketFile>)>>,
+    /// Multiplexed dials: the host's knock acknowledgements by id (the
+    /// error it sent, empty for none), one knock at a time as in Go.
+    acks: Mutex<HashMap<u32, String>>,
+    acked: Condvar,
+    knocking: Mutex<()>,
+    closed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -79,6 +105,10 @@ pub(crate) struct Config {
     pub(crate) transport: Transport,
     pub(crate) tls: Option<Arc<AutoMtls>>,
     pub(crate) grpc_env: Arc<Environment>,
+    /// The main server's message limit, for brokered servers too.
+    pub(crate) max_message_size: Option<usize>,
+    /// Set when the host multiplexes.
+    pub(crate) muxer: Option<Arc<Muxer>>,
 }
 
 impl Broker {
@@ -97,31 +127,39 @@ impl Broker {
 
     /// Serves `services` on a new listener, like the main one, and
     /// announces it to the host under `id`. Returns where it listens.
+    ///
+    /// When the host multiplexes, the listener is local to the plugin and
+    /// nothing is announced: the host knocks for `id` and its next stream
+    /// is bridged to it.
     pub fn accept_and_serve(&self, id: u32, services: Vec<grpcio::Service>) -> Result<Listener> {
         let config = self.config()?;
-        let mut builder = grpcio::ServerBuilder::new(Arc::clone(&config.grpc_env)).channel_args(
-            ChannelBuilder::new(Arc::clone(&config.grpc_env))
-                .reuse_port(false)
-                .build_args(),
-        );
+        let mut builder = grpcio::ServerBuilder::new(Arc::clone(&config.grpc_env))
+            .channel_args(server_args(&config.grpc_env, config.max_message_size).build_args());
         for service in services {
             builder = builder.register_service(service);
         }
         let mut server = builder.build()?;
         let credentials = || tls::listener_credentials(config.tls.as_deref());
-        let (listener, socket) =
-            listener::bind(&mut server, config.transport, &config.env, &credentials)?;
+        let mut binder = GrpcBind {
+            server: &mut server,
+            creds: &credentials,
+        };
+        let (listener, socket) = match config.muxer {
+            Some(_) => listener::bind_local(&mut binder, &config.env)?,
+            None => listener::bind(&mut binder, config.transport, &config.env)?,
+        };
         server.start();
-        let mut info = ConnInfo::new();
-        info.set_service_id(id);
-        info.set_network(listener.network.as_str().to_string());
-        info.set_address(listener.address.clone());
-        self.inner
-            .servers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((server, socket));
-        self.announce(info)?;
+        lock(&self.inner.servers).push((server, socket));
+        match &config.muxer {
+            Some(muxer) => muxer.register(id, listener.clone()),
+            None => {
+                let mut info = ConnInfo::new();
+                info.set_service_id(id);
+                info.set_network(listener.network.as_str().to_string());
+                info.set_address(listener.address.clone());
+                self.announce(info)?;
+            }
+        }
         Ok(listener)
     }
 
@@ -146,8 +184,55 @@ impl Broker {
     /// Connects to the service the host announced under `id`, waiting up to
     /// 5 s for the announcement. Blocks: call it from a
     /// [`BlockingPool`](crate::BlockingPool) job, not on a gRPC thread.
+    ///
+    /// When the host multiplexes, the channel connects to a local listener
+    /// of the plugin's, and each connection it makes knocks for `id` and
+    /// becomes a yamux stream to the host. That listener closes 10 s after
+    /// its last connection ended: dial again for a new channel rather than
+    /// keeping an idle one for later.
     pub fn dial(&self, id: u32) -> Result<grpcio::Channel> {
         let config = self.config()?;
+        let Some(_) = &config.muxer else {
+            return Ok(self.channel(config, &self.announced_target(id)?));
+        };
+        let failure = Arc::new(Mutex::new(None));
+        let listener = self.bridge(id, config, Arc::clone(&failure))?;
+        let channel = self.channel(config, &listener.dial_target());
+        // Connect now, so that an id the host does not serve fails here, as
+        // it does without multiplexing, rather than at the first call.
+        let deadline = Instant::now() + TIMEOUT + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            let step = channel.wait_for_connected(Duration::from_millis(100));
+            if futures::executor::block_on(step) {
+                return Ok(channel);
+            }
+            if let Some(why) = lock(&failure).take() {
+                return Err(Error::Broker {
+                    reason: format!("cannot dial service id {id}: {why}"),
+                });
+            }
+        }
+        Err(Error::Broker {
+            reason: format!(
+                "cannot dial service id {id}: the connection through the multiplexed \
+                 stream did not come up"
+            ),
+        })
+    }
+
+    fn channel(&self, config: &Config, target: &str) -> grpcio::Channel {
+        let builder = ChannelBuilder::new(Arc::clone(&config.grpc_env));
+        match &config.tls {
+            Some(tls) => builder
+                .override_ssl_target("localhost")
+                .set_credentials(tls.channel_credentials())
+                .connect(target),
+            None => builder.connect(target),
+        }
+    }
+
+    /// Where the host's announcement for `id` says to connect.
+    fn announced_target(&self, id: u32) -> Result<String> {
         let deadline = Instant::now() + TIMEOUT;
         let mut received = self
             .inner
@@ -176,23 +261,139 @@ impl Broker {
                 .0;
         };
         drop(received);
-        let target = match info.get_network() {
-            "unix" => format!("unix:{}", info.get_address()),
-            "tcp" => info.get_address().to_string(),
-            other => {
-                return Err(Error::Broker {
-                    reason: format!("service id {id}: unknown network {other:?} from the host"),
-                });
-            }
+        match info.get_network() {
+            "unix" => Ok(format!("unix:{}", info.get_address())),
+            "tcp" => Ok(info.get_address().to_string()),
+            other => Err(Error::Broker {
+                reason: format!("service id {id}: unknown network {other:?} from the host"),
+            }),
+        }
+    }
+
+    /// A local listener whose connections are knocked through to the
+    /// host's `id` over the multiplexed connection.
+    fn bridge(
+        &self,
+        id: u32,
+        config: &Config,
+        failure: Arc<Mutex<Option<String>>>,
+    ) -> Result<Listener> {
+        let mut binder = RawBind::default();
+        let (listener, socket) = listener::bind_local(&mut binder, &config.env)?;
+        let Some(raw) = binder.0 else {
+            return Err(Error::Broker {
+                reason: "no local listener for a multiplexed dial".into(),
+            });
         };
-        let builder = ChannelBuilder::new(Arc::clone(&config.grpc_env));
-        Ok(match &config.tls {
-            Some(tls) => builder
-                .override_ssl_target("localhost")
-                .set_credentials(tls.channel_credentials())
-                .connect(&target),
-            None => builder.connect(&target),
-        })
+        let broker = self.clone();
+        thread::Builder::new()
+            .name("goplugin-broker-dial".into())
+            .spawn(move || broker.run_bridge(id, raw, socket, &failure))
+            .map_err(|err| Error::Broker {
+                reason: format!("cannot start a thread for a multiplexed dial: {err}"),
+            })?;
+        Ok(listener)
+    }
+
+    /// Takes the dial listener's connections until the broker closes or
+    /// the listener has been idle for [`BRIDGE_IDLE`].
+    fn run_bridge(
+        &self,
+        id: u32,
+        raw: RawListener,
+        _socket: Option<SocketFile>,
+        failure: &Mutex<Option<String>>,
+    ) {
+        let active = Arc::new(AtomicUsize::new(0));
+        let mut idle_since = Instant::now();
+        while !self.inner.closed.load(Ordering::Relaxed) {
+            if active.load(Ordering::Relaxed) > 0 {
+                idle_since = Instant::now();
+            } else if idle_since.elapsed() >= BRIDGE_IDLE {
+                break;
+            }
+            let mut poll = libc::pollfd {
+                fd: raw.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, for the lifetime of the call.
+            if unsafe { libc::poll(&mut poll, 1, 200) } <= 0 {
+                continue;
+            }
+            let Ok(local) = raw.accept() else { continue };
+            if let Err(err) = self.knock(id) {
+                log::warn!("broker: {err}");
+                *lock(failure) = Some(err);
+                continue;
+            }
+            let session = self
+                .config()
+                .ok()
+                .and_then(|c| c.muxer.as_ref()?.session().cloned());
+            let Some(session) = session else {
+                *lock(failure) = Some("the host has not connected".to_string());
+                continue;
+            };
+            active.fetch_add(1, Ordering::Relaxed);
+            let ended = Arc::clone(&active);
+            let on_end = Box::new(move || {
+                ended.fetch_sub(1, Ordering::Relaxed);
+            });
+            if let Err(err) = session.open(local, on_end) {
+                active.fetch_sub(1, Ordering::Relaxed);
+                log::warn!("broker: cannot open a multiplexed stream for id {id}: {err}");
+                *lock(failure) = Some(err.to_string());
+            }
+        }
+    }
+
+    /// go-plugin's knock: tells the host that the next stream the plugin
+    /// opens is for `id`, and waits (5 s) for its go-ahead. A host that is
+    /// not listening on `id` yet says so in its acknowledgement; that is
+    /// retried within the 5 s, since hosts start serving and send the id
+    /// concurrently.
+    fn knock(&self, id: u32) -> std::result::Result<(), String> {
+        let _one_at_a_time = lock(&self.inner.knocking);
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            lock(&self.inner.acks).remove(&id);
+            let mut knock = ConnInfo_Knock::new();
+            knock.set_knock(true);
+            let mut info = ConnInfo::new();
+            info.set_service_id(id);
+            info.set_knock(knock);
+            self.announce(info).map_err(|err| err.to_string())?;
+            let mut acks = lock(&self.inner.acks);
+            let error = loop {
+                if let Some(error) = acks.remove(&id) {
+                    break error;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(format!(
+                        "the host did not answer the knock for service id {id} within {} s",
+                        TIMEOUT.as_secs()
+                    ));
+                }
+                acks = self
+                    .inner
+                    .acked
+                    .wait_timeout(acks, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            };
+            drop(acks);
+            if error.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() + Duration::from_millis(50) >= deadline {
+                return Err(format!(
+                    "the host refused the knock for service id {id}: {error}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Wires the broker to the built server.
@@ -202,6 +403,7 @@ impl Broker {
 
     /// Ends the broker stream and stops every brokered server.
     pub(crate) fn shutdown(&self) {
+        self.inner.closed.store(true, Ordering::Relaxed);
         {
             let mut outgoing = self
                 .inner
@@ -226,7 +428,18 @@ impl Broker {
         }
     }
 
-    fn receive(&self, info: ConnInfo) {
+    fn receive(&self, mut info: ConnInfo) {
+        if info.has_knock() {
+            let knock = info.take_knock();
+            let id = info.get_service_id();
+            if knock.get_ack() {
+                lock(&self.inner.acks).insert(id, knock.get_error().to_string());
+                self.inner.acked.notify_all();
+            } else if knock.get_knock() {
+                self.answer_knock(id);
+            }
+            return;
+        }
         let mut received = self
             .inner
             .received
@@ -235,6 +448,43 @@ impl Broker {
         received.insert(info.get_service_id(), (info, Instant::now()));
         self.inner.arrived.notify_all();
     }
+}
+
+impl Broker {
+    /// The host knocked for `id`: route its next stream, and say so.
+    fn answer_knock(&self, id: u32) {
+        let muxer = self.config().ok().and_then(|c| c.muxer.clone());
+        let error = match muxer {
+            Some(muxer) => muxer.accept_knock(id).err().unwrap_or_default(),
+            None => "the plugin does not multiplex".to_string(),
+        };
+        let mut knock = ConnInfo_Knock::new();
+        knock.set_knock(true);
+        knock.set_ack(true);
+        knock.set_error(error);
+        let mut info = ConnInfo::new();
+        info.set_service_id(id);
+        info.set_knock(knock);
+        let _ = self.announce(info);
+    }
+}
+
+/// The channel arguments of every gRPC server of the plugin, main and
+/// brokered (`build_args()` of what this returns).
+pub(crate) fn server_args(
+    grpc_env: &Arc<Environment>,
+    max_message_size: Option<usize>,
+) -> ChannelBuilder {
+    // gRPC sets SO_REUSEPORT by default: then a "successful" bind could
+    // share a port with another process.
+    let mut channel = ChannelBuilder::new(Arc::clone(grpc_env)).reuse_port(false);
+    if let Some(bytes) = max_message_size {
+        let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
+        channel = channel
+            .max_receive_message_len(bytes)
+            .max_send_message_len(bytes);
+    }
+    channel
 }
 
 #[derive(Clone)]

@@ -21,8 +21,8 @@ pub const PLUGIN_CLIENT_CERT: &str = "PLUGIN_CLIENT_CERT";
 pub const PLUGIN_UNIX_SOCKET_DIR: &str = "PLUGIN_UNIX_SOCKET_DIR";
 /// Group (name or gid) that may use the plugin's unix socket (go-plugin 1.5+).
 pub const PLUGIN_UNIX_SOCKET_GROUP: &str = "PLUGIN_UNIX_SOCKET_GROUP";
-/// Set (to `true`) when the host wants brokered connections multiplexed
-/// over one connection (go-plugin 1.6+).
+/// Set (to `true`) when the host wants every gRPC connection multiplexed
+/// over one connection (go-plugin 1.6+, `GRPCBrokerMultiplex`).
 pub const PLUGIN_MULTIPLEX_GRPC: &str = "PLUGIN_MULTIPLEX_GRPC";
 
 /// The variables a host sets, captured once.
@@ -163,10 +163,15 @@ impl PluginEnv {
         self.non_empty(PLUGIN_CLIENT_CERT)
     }
 
-    /// Whether the host asked for multiplexed brokered connections. Like
-    /// go-plugin, any non-empty value counts as asking.
-    pub fn multiplex_grpc(&self) -> bool {
-        self.non_empty(PLUGIN_MULTIPLEX_GRPC).is_some()
+    /// What the host said about multiplexing, as go-plugin reads it:
+    /// `None` when `PLUGIN_MULTIPLEX_GRPC` is unset or empty (then the
+    /// handshake has no 7th field), `Some(true)` when it is a true boolean
+    /// in Go's `strconv.ParseBool` spelling (`1`, `t`, `T`, `true`, `TRUE`,
+    /// `True`), `Some(false)` for anything else (the 7th field is still
+    /// written, and the plugin does not multiplex).
+    pub fn multiplex_grpc(&self) -> Option<bool> {
+        self.non_empty(PLUGIN_MULTIPLEX_GRPC)
+            .map(|value| matches!(value, "1" | "t" | "T" | "true" | "TRUE" | "True"))
     }
 }
 
@@ -262,9 +267,20 @@ mod tests {
 
     #[test]
     fn flags_and_versions() {
-        assert!(!env(&[]).multiplex_grpc());
-        assert!(!env(&[("PLUGIN_MULTIPLEX_GRPC", "")]).multiplex_grpc());
-        assert!(env(&[("PLUGIN_MULTIPLEX_GRPC", "true")]).multiplex_grpc());
+        assert_eq!(env(&[]).multiplex_grpc(), None);
+        assert_eq!(env(&[("PLUGIN_MULTIPLEX_GRPC", "")]).multiplex_grpc(), None);
+        for yes in ["true", "1", "t", "TRUE", "True"] {
+            assert_eq!(
+                env(&[("PLUGIN_MULTIPLEX_GRPC", yes)]).multiplex_grpc(),
+                Some(true)
+            );
+        }
+        for no in ["false", "0", "yes", "on"] {
+            assert_eq!(
+                env(&[("PLUGIN_MULTIPLEX_GRPC", no)]).multiplex_grpc(),
+                Some(false)
+            );
+        }
         assert_eq!(env(&[]).client_cert(), None);
         assert_eq!(
             env(&[("PLUGIN_CLIENT_CERT", "pem")]).client_cert(),

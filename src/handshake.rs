@@ -93,8 +93,9 @@ pub struct HandshakeLine {
     /// Base64 (standard alphabet, no padding) DER of the plugin's TLS
     /// certificate (field 6), only under AutoMTLS.
     pub server_cert: Option<String>,
-    /// Whether the plugin multiplexes brokered connections (field 7), only
-    /// when the host asked with `PLUGIN_MULTIPLEX_GRPC`.
+    /// Whether the plugin supports multiplexing (field 7), only when the
+    /// host set `PLUGIN_MULTIPLEX_GRPC`; goplugin always says `true`, as Go
+    /// plugins built on go-plugin 1.6+ do.
     pub multiplex: Option<bool>,
 }
 

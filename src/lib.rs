@@ -109,6 +109,7 @@ pub mod handshake;
 mod health;
 mod listener;
 pub mod logging;
+mod mux;
 pub mod proto;
 mod server;
 mod stdio;

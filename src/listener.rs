@@ -12,9 +12,12 @@
 //!   `PLUGIN_MIN_PORT..=PLUGIN_MAX_PORT`.
 
 use std::ffi::CString;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use crate::env::{PLUGIN_UNIX_SOCKET_DIR, PLUGIN_UNIX_SOCKET_GROUP, PluginEnv, PortRange};
@@ -64,23 +67,174 @@ impl Drop for SocketFile {
     }
 }
 
-/// Binds `server` as `transport` asks, with `creds` (plain or TLS).
+/// Something that can listen on a unix socket path or a TCP address: a
+/// gRPC server, or a plain socket ([`RawBind`]) for multiplexing and
+/// brokered-dial bridges.
+pub(crate) trait Bind {
+    /// Listens on the unix socket `path`.
+    fn bind_unix(&mut self, path: &Path) -> std::result::Result<(), String>;
+    /// Listens on `addr` (port 0: any); the port bound, or `None` when taken.
+    fn bind_tcp(&mut self, addr: SocketAddrV4) -> Option<u16>;
+}
+
+/// A gRPC server with the credentials its listeners use (plain or TLS).
+pub(crate) struct GrpcBind<'a> {
+    pub(crate) server: &'a mut grpcio::Server,
+    pub(crate) creds: &'a dyn Fn() -> grpcio::ServerCredentials,
+}
+
+impl Bind for GrpcBind<'_> {
+    fn bind_unix(&mut self, path: &Path) -> std::result::Result<(), String> {
+        let target = format!("unix:{}", path.display());
+        self.server
+            .add_listening_port(target, (self.creds)())
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn bind_tcp(&mut self, addr: SocketAddrV4) -> Option<u16> {
+        self.server
+            .add_listening_port(addr.to_string(), (self.creds)())
+            .ok()
+    }
+}
+
+/// A plain listening socket, bound by [`bind`] through [`RawBind`].
+#[derive(Debug)]
+pub(crate) enum RawListener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl RawListener {
+    /// Waits for the next connection.
+    pub(crate) fn accept(&self) -> io::Result<Conn> {
+        Ok(match self {
+            RawListener::Unix(l) => Conn::Unix(l.accept()?.0),
+            RawListener::Tcp(l) => Conn::Tcp(l.accept()?.0),
+        })
+    }
+}
+
+impl AsRawFd for RawListener {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            RawListener::Unix(l) => l.as_raw_fd(),
+            RawListener::Tcp(l) => l.as_raw_fd(),
+        }
+    }
+}
+
+/// Collects the plain socket [`bind`] opens.
+#[derive(Debug, Default)]
+pub(crate) struct RawBind(pub(crate) Option<RawListener>);
+
+impl Bind for RawBind {
+    fn bind_unix(&mut self, path: &Path) -> std::result::Result<(), String> {
+        self.0 = Some(RawListener::Unix(
+            UnixListener::bind(path).map_err(|e| e.to_string())?,
+        ));
+        Ok(())
+    }
+
+    fn bind_tcp(&mut self, addr: SocketAddrV4) -> Option<u16> {
+        let listener = TcpListener::bind(addr).ok()?;
+        let port = listener.local_addr().ok()?.port();
+        self.0 = Some(RawListener::Tcp(listener));
+        Some(port)
+    }
+}
+
+/// A connected stream socket: unix or TCP.
+#[derive(Debug)]
+pub(crate) enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    /// Connects to `listener`.
+    pub(crate) fn connect(listener: &Listener) -> io::Result<Conn> {
+        Ok(match listener.network {
+            Network::Unix => Conn::Unix(UnixStream::connect(&listener.address)?),
+            Network::Tcp => {
+                let stream = TcpStream::connect(&listener.address)?;
+                stream.set_nodelay(true)?;
+                Conn::Tcp(stream)
+            }
+        })
+    }
+
+    /// Another handle on the same socket.
+    pub(crate) fn try_clone(&self) -> io::Result<Conn> {
+        Ok(match self {
+            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
+            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
+        })
+    }
+
+    /// Shuts down one or both directions; errors (already closed) are moot.
+    pub(crate) fn shutdown(&self, how: std::net::Shutdown) {
+        let _ = match self {
+            Conn::Unix(s) => s.shutdown(how),
+            Conn::Tcp(s) => s.shutdown(how),
+        };
+    }
+}
+
+impl io::Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(buf),
+            Conn::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl io::Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write(buf),
+            Conn::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Binds `binder` as `transport` asks: a unix socket, or TCP.
 pub(crate) fn bind(
-    server: &mut grpcio::Server,
+    binder: &mut dyn Bind,
     transport: Transport,
     env: &PluginEnv,
-    creds: &dyn Fn() -> grpcio::ServerCredentials,
 ) -> Result<(Listener, Option<SocketFile>)> {
     if transport == Transport::Unix {
         match unix_socket_path(env)? {
             Ok(path) => {
-                let (listener, socket) = bind_unix(server, &path, env, creds)?;
+                let (listener, socket) = bind_unix(binder, &path, env)?;
                 return Ok((listener, Some(socket)));
             }
             Err(why) => log::warn!("{why}; listening on TCP 127.0.0.1 instead"),
         }
     }
-    Ok((bind_tcp(server, env.port_range()?, creds)?, None))
+    Ok((bind_tcp(binder, env.port_range()?)?, None))
+}
+
+/// Binds `binder` where only the plugin itself connects (the gRPC servers
+/// behind multiplexing, brokered-dial bridges): a unix socket when
+/// possible, else any free port on 127.0.0.1. `PLUGIN_MIN_PORT` and
+/// `PLUGIN_MAX_PORT` are for what the host dials, so they do not apply.
+pub(crate) fn bind_local(
+    binder: &mut dyn Bind,
+    env: &PluginEnv,
+) -> Result<(Listener, Option<SocketFile>)> {
+    if let Ok(path) = unix_socket_path(env)? {
+        let (listener, socket) = bind_unix(binder, &path, env)?;
+        return Ok((listener, Some(socket)));
+    }
+    Ok((bind_tcp(binder, PortRange { min: 0, max: 0 })?, None))
 }
 
 /// A fresh socket path, or why a unix socket cannot be used here (then
@@ -119,10 +273,9 @@ fn unix_socket_path(env: &PluginEnv) -> Result<std::result::Result<PathBuf, Stri
 }
 
 fn bind_unix(
-    server: &mut grpcio::Server,
+    binder: &mut dyn Bind,
     path: &Path,
     env: &PluginEnv,
-    creds: &dyn Fn() -> grpcio::ServerCredentials,
 ) -> Result<(Listener, SocketFile)> {
     let address = path.to_string_lossy().into_owned();
     // Resolve the group first: an unknown group must not leave a socket behind.
@@ -130,7 +283,7 @@ fn bind_unix(
         Some(group) => Some(group_id(group)?),
         None => None,
     };
-    server.add_listening_port(format!("unix:{address}"), creds()).map_err(|e| Error::Bind {
+    binder.bind_unix(path).map_err(|e| Error::Bind {
         address: address.clone(),
         reason: format!("{e}; check that the directory exists and is writable (set by {PLUGIN_UNIX_SOCKET_DIR} or TMPDIR)"),
     })?;
@@ -170,11 +323,7 @@ fn bind_unix(
 /// off (see `server.rs`), so that a successful bind means the port is ours
 /// alone. Each port is first probed with a plain socket, which keeps gRPC
 /// from logging an error for every busy port of a wide range.
-fn bind_tcp(
-    server: &mut grpcio::Server,
-    range: PortRange,
-    creds: &dyn Fn() -> grpcio::ServerCredentials,
-) -> Result<Listener> {
+fn bind_tcp(binder: &mut dyn Bind, range: PortRange) -> Result<Listener> {
     for port in range.min..=range.max {
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
         if port != 0 && TcpListener::bind(addr).is_err() {
@@ -182,7 +331,7 @@ fn bind_tcp(
         }
         // The probe is closed again; gRPC can still lose a race for the
         // port to another process, and then the next port is tried.
-        if let Ok(bound) = server.add_listening_port(addr.to_string(), creds()) {
+        if let Some(bound) = binder.bind_tcp(addr) {
             return Ok(Listener {
                 network: Network::Tcp,
                 address: SocketAddrV4::new(Ipv4Addr::LOCALHOST, bound).to_string(),

@@ -10,14 +10,15 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
-use grpcio::{ChannelBuilder, EnvBuilder, Environment, ServerBuilder};
+use grpcio::{EnvBuilder, Environment, ServerBuilder};
 use grpcio_health::HealthService;
 
 use crate::broker::{self, Broker};
 use crate::env::PluginEnv;
 use crate::error::{Error, Result};
 use crate::handshake::{HandshakeConfig, HandshakeLine, negotiate_version};
-use crate::listener::{self, Listener, SocketFile, Transport};
+use crate::listener::{self, GrpcBind, Listener, RawBind, RawListener, SocketFile, Transport};
+use crate::mux::Muxer;
 use crate::tls::{self, AutoMtls};
 use crate::{controller, health, stdio, watchdog};
 
@@ -226,16 +227,7 @@ impl PluginServerBuilder {
                 .name_prefix("goplugin-grpc")
                 .build(),
         );
-        // gRPC sets SO_REUSEPORT by default: then a "successful" bind could
-        // share a port with another process.
-        let mut channel = ChannelBuilder::new(Arc::clone(&grpc_env)).reuse_port(false);
-        if let Some(bytes) = self.max_message_size {
-            let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
-            channel = channel
-                .max_receive_message_len(bytes)
-                .max_send_message_len(bytes);
-        }
-        let args = channel.build_args();
+        let args = broker::server_args(&grpc_env, self.max_message_size).build_args();
         let shutdown = ShutdownHandle::new();
         let stdio = Arc::new(stdio::Shared::default());
         let (health_service, health) = health::service();
@@ -250,14 +242,35 @@ impl PluginServerBuilder {
         }
         let mut server = builder.build()?;
         let credentials = || tls::listener_credentials(tls.as_deref());
-        let (listener, socket_file) =
-            listener::bind(&mut server, self.transport, &env, &credentials)?;
+        let mut binder = GrpcBind {
+            server: &mut server,
+            creds: &credentials,
+        };
+        // Multiplexed: the host's one connection arrives at a plain socket
+        // and each of its streams is bridged to a gRPC server's local one.
+        let (listener, socket_file, mux) = if env.multiplex_grpc() == Some(true) {
+            let (local, local_socket) = listener::bind_local(&mut binder, &env)?;
+            let mut raw = RawBind::default();
+            let (public, public_socket) = listener::bind(&mut raw, self.transport, &env)?;
+            let muxer = Muxer::new(local);
+            let mux = raw.0.map(|public| Mux {
+                muxer: Arc::clone(&muxer),
+                public: Some(public),
+                _server_socket: local_socket,
+            });
+            (public, public_socket, mux)
+        } else {
+            let (listener, socket) = listener::bind(&mut binder, self.transport, &env)?;
+            (listener, socket, None)
+        };
 
         self.broker.configure(broker::Config {
             env: env.clone(),
             transport: self.transport,
             tls: tls.clone(),
             grpc_env: Arc::clone(&grpc_env),
+            max_message_size: self.max_message_size,
+            muxer: mux.as_ref().map(|mux| Arc::clone(&mux.muxer)),
         });
 
         let line = HandshakeLine {
@@ -265,9 +278,7 @@ impl PluginServerBuilder {
             network: listener.network.clone(),
             address: listener.address.clone(),
             server_cert: tls.as_ref().map(|tls| tls.handshake_field().to_string()),
-            // Multiplexing is not implemented: say so, and the host reports
-            // it clearly instead of failing on its first brokered call.
-            multiplex: env.multiplex_grpc().then_some(false),
+            multiplex: env.multiplex_grpc().map(|_| true),
         };
         Ok(PluginServer {
             server,
@@ -282,6 +293,7 @@ impl PluginServerBuilder {
             watch_host: self.watch_host,
             stdio,
             broker: self.broker.clone(),
+            mux,
             shutdown_grace: self.shutdown_grace,
             _grpc_env: grpc_env,
         })
@@ -361,8 +373,18 @@ pub struct PluginServer {
     watch_host: bool,
     stdio: Arc<stdio::Shared>,
     broker: Broker,
+    /// Set when the host multiplexes.
+    mux: Option<Mux>,
     shutdown_grace: Duration,
     _grpc_env: Arc<Environment>,
+}
+
+/// A multiplexing server's parts: the muxer, the public socket until the
+/// host connects, and the main gRPC server's own socket file.
+struct Mux {
+    muxer: Arc<Muxer>,
+    public: Option<RawListener>,
+    _server_socket: Option<SocketFile>,
 }
 
 impl fmt::Debug for PluginServer {
@@ -421,6 +443,18 @@ impl PluginServer {
             ignore_sigint();
         }
         self.server.start();
+        if let Some(mux) = &mut self.mux {
+            let stop = self.shutdown.clone();
+            let public = mux.public.take();
+            let started =
+                public.map(|public| mux.muxer.start(public, Box::new(move || stop.shutdown())));
+            if let Some(Err(err)) = started {
+                self.stop();
+                return Err(Error::Broker {
+                    reason: format!("cannot wait for the multiplexed connection: {err}"),
+                });
+            }
+        }
         let line = format!("{}\n", self.line);
         let written = self
             .output
@@ -469,6 +503,11 @@ impl PluginServer {
         }
         // Once cancelled, gRPC completes the shutdown in about a millisecond.
         let _ = finished.recv_timeout(Duration::from_secs(1));
+        // The host's multiplexed connection goes last: the controller's
+        // answer travels on it.
+        if let Some(mux) = self.mux.take() {
+            mux.muxer.close();
+        }
         // Nothing listens any more: the socket file can go.
         drop(self.socket_file.take());
     }

@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
         network: Network::Tcp,
         address: "127.0.0.1:1".to_string(),
         server_cert: None,
-        multiplex: env.multiplex_grpc().then_some(false),
+        multiplex: env.multiplex_grpc().map(|_| true),
     }
     .to_string();
     assert!(!line.contains('\n'));

@@ -17,13 +17,23 @@ enum Setup {
     Tcp,
     /// The host runs AutoMTLS: brokered connections use the same TLS.
     Mtls,
+    /// The host multiplexes (current release): brokered connections are
+    /// yamux streams of the one connection, picked by knocks.
+    Mux,
+    /// Multiplexed over TCP.
+    MuxTcp,
+    /// Multiplexed, with TLS inside each stream.
+    MuxMtls,
 }
 
-/// Every host with every setup.
-const CELLS: [(Host, Setup); 6] = [
+/// Every host with every setup it has.
+const CELLS: [(Host, Setup); 9] = [
     (Host::Current, Setup::Plain),
     (Host::Current, Setup::Tcp),
     (Host::Current, Setup::Mtls),
+    (Host::Current, Setup::Mux),
+    (Host::Current, Setup::MuxTcp),
+    (Host::Current, Setup::MuxMtls),
     (Host::V101, Setup::Plain),
     (Host::V101, Setup::Tcp),
     (Host::V101, Setup::Mtls),
@@ -35,6 +45,11 @@ fn host_run(host: Host, setup: Setup, dir: &std::path::Path) -> HostRun {
         Setup::Plain => run,
         Setup::Tcp => run.env("COUNTER_PLUGIN_NETWORK", "tcp"),
         Setup::Mtls => run.env("KV_HOST_AUTOMTLS", "1"),
+        Setup::Mux => run.env("KV_HOST_MUX", "1"),
+        Setup::MuxTcp => run
+            .env("KV_HOST_MUX", "1")
+            .env("COUNTER_PLUGIN_NETWORK", "tcp"),
+        Setup::MuxMtls => run.env("KV_HOST_MUX", "1").env("KV_HOST_AUTOMTLS", "1"),
     }
 }
 
@@ -111,12 +126,29 @@ fn concurrent_brokered_puts_all_count() {
 
 /// A Put naming a broker id the host never serves: the plugin's dial gives
 /// up after go-plugin's 5 s with UNAVAILABLE and a message naming the id,
-/// and the plugin keeps serving.
+/// and the plugin keeps serving. Multiplexed, the host never answers the
+/// knock for that id, and the dial says so after the same 5 s.
 #[test]
 fn a_dial_for_an_id_never_announced_fails_after_5_s() {
-    for host in [Host::Current, Host::V101] {
+    for (host, setup, says) in [
+        (
+            Host::Current,
+            Setup::Plain,
+            "announced no connection for service id",
+        ),
+        (
+            Host::V101,
+            Setup::Plain,
+            "announced no connection for service id",
+        ),
+        (
+            Host::Current,
+            Setup::Mux,
+            "did not answer the knock for service id",
+        ),
+    ] {
         let dir = tempdir();
-        let out = HostRun::counter(host, dir.path()).run(&["cunknown", "k"]);
+        let out = host_run(host, setup, dir.path()).run(&["cunknown", "k"]);
         out.assert_failure();
         let text = out.stdout_str();
         let elapsed: u64 = field(&text, "elapsed_ms")
@@ -126,14 +158,21 @@ fn a_dial_for_an_id_never_announced_fails_after_5_s() {
         // loaded machine plenty above it, but never an early answer or a hang.
         assert!(
             (Duration::from_millis(elapsed) >= Duration::from_millis(4900)) && elapsed < 30_000,
-            "{host:?}: {elapsed} ms"
+            "{host:?}/{setup:?}: {elapsed} ms"
         );
-        assert!(text.contains("code = Unavailable"), "{host:?}: {text}");
         assert!(
-            text.contains("announced no connection for service id") && text.contains("within 5 s"),
-            "{host:?}: {text}"
+            text.contains("code = Unavailable"),
+            "{host:?}/{setup:?}: {text}"
+        );
+        assert!(
+            text.contains(says) && text.contains("within 5 s"),
+            "{host:?}/{setup:?}: {text}"
         );
         assert!(!dir.path().join("kv_k").exists(), "nothing stored");
+        // The plugin still serves.
+        host_run(host, setup, dir.path())
+            .run(&["cput", "k", "1"])
+            .assert_success();
     }
 }
 

@@ -30,8 +30,10 @@ macro_rules! cells {
 
 /// Every scenario runs in every cell: both hosts × the three plugins on
 /// their default transport (Rust and Go: a unix socket; Python: TCP), plus
-/// the Rust plugin forced to TCP, and AutoMTLS for the plugins that support
-/// it (the Python reference does not: it serves without TLS).
+/// the Rust plugin forced to TCP, AutoMTLS for the plugins that support it
+/// (the Python reference does not: it serves without TLS), and the current
+/// host multiplexing (go-plugin 1.6+; only the Rust plugin of the three
+/// supports it, see `transport.rs` for the references' refusal).
 macro_rules! matrix {
     ($($scenario:ident),* $(,)?) => {$(
         cells!($scenario:
@@ -47,6 +49,9 @@ macro_rules! matrix {
             v101_rust_mtls = V101 Rust Mtls,
             current_go_mtls = Current Go Mtls,
             v101_go_mtls = V101 Go Mtls,
+            current_rust_mux = Current Rust Mux,
+            current_rust_mux_tcp = Current Rust MuxTcp,
+            current_rust_mux_mtls = Current Rust MuxMtls,
         );
     )*};
 }

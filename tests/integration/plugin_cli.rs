@@ -145,11 +145,20 @@ fn handshake_lines_follow_the_environment() {
             "|grpc\n",
         ),
         (&[COOKIE, TCP], "1|1|tcp|127.0.0.1:", "|grpc\n"),
-        // A host asking for multiplexing learns that this plugin cannot.
+        // A host that sets PLUGIN_MULTIPLEX_GRPC learns that the plugin
+        // supports multiplexing (an empty field 6 without AutoMTLS). "true"
+        // turns it on: this test's plain gRPC client then breaks the yamux
+        // session, which ends the plugin (the shutdown below still sees it
+        // exit cleanly). Any other value leaves it off, as in Go.
         (
             &[COOKIE, ("PLUGIN_MULTIPLEX_GRPC", "true")],
             "1|1|unix|/",
-            "|grpc||false\n",
+            "|grpc||true\n",
+        ),
+        (
+            &[COOKIE, ("PLUGIN_MULTIPLEX_GRPC", "false")],
+            "1|1|unix|/",
+            "|grpc||true\n",
         ),
     ];
     for (env, prefix, suffix) in cases {

@@ -103,6 +103,13 @@ pub enum Transport {
     Tcp,
     /// The host runs AutoMTLS.
     Mtls,
+    /// The host multiplexes (current release only): every connection a
+    /// yamux stream over one unix socket connection.
+    Mux,
+    /// Multiplexed over one TCP connection.
+    MuxTcp,
+    /// Multiplexed, with AutoMTLS inside each stream.
+    MuxMtls,
 }
 
 /// One cell of the scenario matrix.
@@ -121,13 +128,16 @@ impl Cell {
             Transport::Default => run,
             Transport::Tcp => run.env("KV_PLUGIN_NETWORK", "tcp"),
             Transport::Mtls => run.env("KV_HOST_AUTOMTLS", "1"),
+            Transport::Mux => run.env("KV_HOST_MUX", "1"),
+            Transport::MuxTcp => run.env("KV_HOST_MUX", "1").env("KV_PLUGIN_NETWORK", "tcp"),
+            Transport::MuxMtls => run.env("KV_HOST_MUX", "1").env("KV_HOST_AUTOMTLS", "1"),
         }
     }
 
     /// The network the plugin listens on in this cell.
     pub fn network(self) -> &'static str {
         match (self.plugin, self.transport) {
-            (Plugin::Python, _) | (Plugin::Rust, Transport::Tcp) => "tcp",
+            (Plugin::Python, _) | (Plugin::Rust, Transport::Tcp | Transport::MuxTcp) => "tcp",
             _ => "unix",
         }
     }

@@ -293,3 +293,69 @@ fn without_unix_sockets_the_plugin_falls_back_to_tcp() {
         out.stderr
     );
 }
+
+/// Multiplexed, the plugin listens twice in the socket directory: the
+/// public socket of the handshake line (owner only, where the host's one
+/// connection arrives) and the main gRPC server's own socket behind it.
+/// Both go when the plugin exits — here because the first connection does
+/// not speak yamux, which ends the session and with it the plugin.
+#[test]
+fn multiplexed_sockets_are_owner_only_and_all_go_away() {
+    use std::io::Write as _;
+    let dir = tempdir();
+    let running = Running::start(
+        Plugin::Rust,
+        &[
+            COOKIE,
+            ("PLUGIN_MULTIPLEX_GRPC", "true"),
+            ("PLUGIN_UNIX_SOCKET_DIR", dir.path().to_str().unwrap()),
+        ],
+    );
+    assert!(
+        running.line.ends_with("|grpc||true\n"),
+        "{:?}",
+        running.line
+    );
+    let public = socket_path(&running);
+    let sockets: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(sockets.len(), 2, "{sockets:?}");
+    assert!(sockets.iter().any(|s| s.to_str() == Some(public.as_str())));
+    for socket in &sockets {
+        let mode = fs::metadata(socket).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", socket.display());
+    }
+    let mut conn = std::os::unix::net::UnixStream::connect(&public).unwrap();
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    let pid = running.pid();
+    assert!(
+        crate::support::gone_within(pid, std::time::Duration::from_secs(2)),
+        "the plugin ends with its session"
+    );
+    drop(running);
+    let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// The references cannot multiplex: go-plugin 1.0.1's Go plugin and the
+/// Python plugin send no 7th field, and a host that asks refuses them with
+/// go-plugin's own error. (The Rust plugin's multiplexed cells are in the
+/// matrix.)
+#[test]
+fn a_multiplexing_host_refuses_the_reference_plugins() {
+    for plugin in [Plugin::Python, Plugin::Go] {
+        let dir = tempdir();
+        let out = crate::support::HostRun::new(crate::support::Host::Current, plugin, dir.path())
+            .env("KV_HOST_MUX", "1")
+            .run(&["put", "a", "b"]);
+        out.assert_failure();
+        assert!(
+            out.stdout_str()
+                .contains("plugin does not support the feature"),
+            "{plugin:?}: {}",
+            out.stdout_str()
+        );
+    }
+}

@@ -1,0 +1,610 @@
+//! Multiplexing (`PLUGIN_MULTIPLEX_GRPC=true`, go-plugin 1.6+): every gRPC
+//! connection between host and plugin, the main one and the brokered ones,
+//! is a yamux stream over the one physical connection the host opens.
+//!
+//! The host runs a yamux client (hashicorp/yamux, default configuration) on
+//! that connection; this module is the server side of the same protocol:
+//! 12-byte frame headers (version 0, type, flags, stream id, length), data
+//! and window-update frames with SYN/ACK/FIN/RST flags, a 256 KiB window per
+//! stream and direction, pings answered, go-away on protocol errors.
+//!
+//! gRPC C-core cannot take a yamux stream as a connection, so each stream is
+//! bridged to a local socket: a stream the host opens is connected to the
+//! local listener of the gRPC server it is meant for (the main server, or a
+//! brokered one after a knock, see [`Muxer`]), and a stream the plugin opens
+//! carries a connection that a brokered dial's local listener accepted. Two
+//! threads pump each stream's bytes, honouring yamux flow control; TLS, when
+//! the host runs AutoMTLS, stays end to end inside each stream.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread;
+
+use crate::listener::{Conn, Listener, RawListener};
+
+/// yamux's only protocol version.
+const VERSION: u8 = 0;
+const HEADER_LEN: usize = 12;
+
+const TYPE_DATA: u8 = 0;
+const TYPE_WINDOW_UPDATE: u8 = 1;
+const TYPE_PING: u8 = 2;
+const TYPE_GO_AWAY: u8 = 3;
+
+const FLAG_SYN: u16 = 1;
+const FLAG_ACK: u16 = 2;
+const FLAG_FIN: u16 = 4;
+const FLAG_RST: u16 = 8;
+
+const GO_AWAY_NORMAL: u32 = 0;
+const GO_AWAY_PROTOCOL_ERROR: u32 = 1;
+
+/// Each stream's initial window, both ways (hashicorp/yamux's default).
+const INITIAL_WINDOW: u32 = 256 * 1024;
+/// Bytes delivered before the window is re-opened by that much.
+const WINDOW_CREDIT: u32 = INITIAL_WINDOW / 4;
+/// Largest chunk read from a local socket into one data frame.
+const CHUNK: usize = 32 * 1024;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn header(kind: u8, flags: u16, stream: u32, length: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0] = VERSION;
+    h[1] = kind;
+    h[2..4].copy_from_slice(&flags.to_be_bytes());
+    h[4..8].copy_from_slice(&stream.to_be_bytes());
+    h[8..12].copy_from_slice(&length.to_be_bytes());
+    h
+}
+
+/// Where the bytes of a stream the host opens go: a fresh local connection.
+pub(crate) type Router = dyn Fn() -> io::Result<Conn> + Send + Sync;
+
+/// A yamux session, server side. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Session {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The physical connection's writing half; one frame at a time.
+    writer: Mutex<Conn>,
+    /// Another handle on it, to shut it down while a writer blocks.
+    control: Conn,
+    streams: Mutex<HashMap<u32, Arc<Stream>>>,
+    /// Ids of streams this side opens: even, from 2.
+    next_id: AtomicU32,
+    closed: AtomicBool,
+    router: Box<Router>,
+    on_close: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+struct Stream {
+    id: u32,
+    state: Mutex<StreamState>,
+    changed: Condvar,
+    /// The bridged local socket, to unblock its reader on a reset.
+    local: OnceLock<Conn>,
+}
+
+struct StreamState {
+    /// Bytes the peer still accepts.
+    send_window: u32,
+    /// Bytes the peer may still send.
+    recv_window: u32,
+    inbound: VecDeque<Vec<u8>>,
+    remote_fin: bool,
+    reset: bool,
+    /// Pumps still running; the last one out removes the stream.
+    pumps: u8,
+}
+
+impl Stream {
+    fn new(id: u32) -> Arc<Stream> {
+        Arc::new(Stream {
+            id,
+            state: Mutex::new(StreamState {
+                send_window: INITIAL_WINDOW,
+                recv_window: INITIAL_WINDOW,
+                inbound: VecDeque::new(),
+                remote_fin: false,
+                reset: false,
+                pumps: 2,
+            }),
+            changed: Condvar::new(),
+            local: OnceLock::new(),
+        })
+    }
+
+    fn reset(&self) {
+        lock(&self.state).reset = true;
+        self.changed.notify_all();
+        if let Some(local) = self.local.get() {
+            local.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Session {
+    /// Runs the server side of a session on `conn`. Streams the host opens
+    /// are bridged to what `router` connects; `on_close` runs once when the
+    /// session ends (the host closed the connection, or [`close`](Self::close)).
+    pub(crate) fn serve(
+        conn: Conn,
+        router: Box<Router>,
+        on_close: Box<dyn FnOnce() + Send>,
+    ) -> io::Result<Session> {
+        if let Conn::Tcp(stream) = &conn {
+            stream.set_nodelay(true)?;
+        }
+        let reader = conn.try_clone()?;
+        let control = conn.try_clone()?;
+        let session = Session {
+            shared: Arc::new(Shared {
+                writer: Mutex::new(conn),
+                control,
+                streams: Mutex::new(HashMap::new()),
+                next_id: AtomicU32::new(2),
+                closed: AtomicBool::new(false),
+                router,
+                on_close: Mutex::new(Some(on_close)),
+            }),
+        };
+        let reading = session.clone();
+        thread::Builder::new()
+            .name("goplugin-mux".into())
+            .spawn(move || {
+                if let Err(err) = reading.read_frames(reader)
+                    && !reading.shared.closed.load(Ordering::Relaxed)
+                {
+                    log::warn!("multiplexed connection to the host failed: {err}");
+                }
+                reading.close();
+            })?;
+        Ok(session)
+    }
+
+    /// Opens a stream to the host and bridges `local` to it; `on_end` runs
+    /// when the stream is finished.
+    pub(crate) fn open(&self, local: Conn, on_end: Box<dyn FnOnce() + Send>) -> io::Result<()> {
+        if self.shared.closed.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the multiplexed connection to the host is closed",
+            ));
+        }
+        let id = self.shared.next_id.fetch_add(2, Ordering::Relaxed);
+        let stream = Stream::new(id);
+        lock(&self.shared.streams).insert(id, Arc::clone(&stream));
+        if let Err(err) = self.send(TYPE_WINDOW_UPDATE, FLAG_SYN, id, 0, &[]) {
+            lock(&self.shared.streams).remove(&id);
+            return Err(err);
+        }
+        self.bridge(stream, local, on_end)
+    }
+
+    /// Ends the session: tells the host, resets every stream.
+    pub(crate) fn close(&self) {
+        if self.shared.closed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let _ = self.send(TYPE_GO_AWAY, 0, 0, GO_AWAY_NORMAL, &[]);
+        self.shared.control.shutdown(Shutdown::Both);
+        let streams: Vec<_> = lock(&self.shared.streams).drain().map(|(_, s)| s).collect();
+        for stream in streams {
+            stream.reset();
+        }
+        if let Some(on_close) = lock(&self.shared.on_close).take() {
+            on_close();
+        }
+    }
+
+    fn send(&self, kind: u8, flags: u16, id: u32, length: u32, payload: &[u8]) -> io::Result<()> {
+        let mut frame = Vec::with_capacity(HEADER_LEN + payload.len());
+        frame.extend_from_slice(&header(kind, flags, id, length));
+        frame.extend_from_slice(payload);
+        lock(&self.shared.writer).write_all(&frame)
+    }
+
+    fn protocol_error(&self, what: String) -> io::Error {
+        let _ = self.send(TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR, &[]);
+        io::Error::new(io::ErrorKind::InvalidData, what)
+    }
+
+    /// The session's reading loop: until the connection ends or breaks
+    /// the protocol.
+    fn read_frames(&self, mut reader: Conn) -> io::Result<()> {
+        let mut head = [0u8; HEADER_LEN];
+        loop {
+            if let Err(err) = reader.read_exact(&mut head) {
+                return match err.kind() {
+                    io::ErrorKind::UnexpectedEof => Ok(()),
+                    _ => Err(err),
+                };
+            }
+            let kind = head[1];
+            let flags = u16::from_be_bytes([head[2], head[3]]);
+            let id = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+            let length = u32::from_be_bytes([head[8], head[9], head[10], head[11]]);
+            if head[0] != VERSION {
+                return Err(self.protocol_error(format!("yamux version {} (want 0)", head[0])));
+            }
+            match kind {
+                TYPE_DATA | TYPE_WINDOW_UPDATE => {
+                    let payload = if kind == TYPE_DATA {
+                        let mut payload = vec![0u8; length as usize];
+                        reader.read_exact(&mut payload)?;
+                        Some(payload)
+                    } else {
+                        None
+                    };
+                    self.on_stream_frame(flags, id, length, payload)?;
+                }
+                TYPE_PING if flags & FLAG_SYN != 0 => {
+                    self.send(TYPE_PING, FLAG_ACK, 0, length, &[])?;
+                }
+                TYPE_PING => {}
+                TYPE_GO_AWAY => return Ok(()),
+                other => {
+                    return Err(self.protocol_error(format!("unknown yamux frame type {other}")));
+                }
+            }
+        }
+    }
+
+    fn on_stream_frame(
+        &self,
+        flags: u16,
+        id: u32,
+        length: u32,
+        payload: Option<Vec<u8>>,
+    ) -> io::Result<()> {
+        let stream = if flags & FLAG_SYN != 0 {
+            self.accept(id)?
+        } else {
+            match lock(&self.shared.streams).get(&id) {
+                Some(stream) => Arc::clone(stream),
+                // Late frames of a finished stream: nothing to do.
+                None => return Ok(()),
+            }
+        };
+        {
+            let mut state = lock(&stream.state);
+            match payload {
+                Some(payload) => {
+                    if length > state.recv_window {
+                        let window = state.recv_window;
+                        drop(state);
+                        return Err(self.protocol_error(format!(
+                            "stream {id}: {length} bytes sent into a window of {window}"
+                        )));
+                    }
+                    state.recv_window -= length;
+                    if !payload.is_empty() {
+                        state.inbound.push_back(payload);
+                    }
+                }
+                None => state.send_window = state.send_window.saturating_add(length),
+            }
+            if flags & FLAG_FIN != 0 {
+                state.remote_fin = true;
+            }
+        }
+        stream.changed.notify_all();
+        if flags & FLAG_RST != 0 {
+            stream.reset();
+        }
+        Ok(())
+    }
+
+    /// A stream the host opens: acknowledge it, then connect its local end
+    /// on a thread of its own.
+    fn accept(&self, id: u32) -> io::Result<Arc<Stream>> {
+        if id.is_multiple_of(2) || lock(&self.shared.streams).contains_key(&id) {
+            return Err(self.protocol_error(format!(
+                "the host opened stream {id} twice or with an even id"
+            )));
+        }
+        let stream = Stream::new(id);
+        lock(&self.shared.streams).insert(id, Arc::clone(&stream));
+        self.send(TYPE_WINDOW_UPDATE, FLAG_ACK, id, 0, &[])?;
+        let session = self.clone();
+        let opened = Arc::clone(&stream);
+        thread::Builder::new()
+            .name("goplugin-mux-stream".into())
+            .spawn(move || match (session.shared.router)() {
+                Ok(local) => {
+                    if let Err(err) = session.bridge(Arc::clone(&opened), local, Box::new(|| {})) {
+                        log::warn!("multiplexed stream {id}: cannot bridge it: {err}");
+                        session.abort(&opened);
+                    }
+                }
+                Err(err) => {
+                    log::warn!("multiplexed stream {id}: no local server to take it: {err}");
+                    session.abort(&opened);
+                }
+            })?;
+        Ok(stream)
+    }
+
+    /// Resets a stream that never got going.
+    fn abort(&self, stream: &Stream) {
+        let _ = self.send(TYPE_WINDOW_UPDATE, FLAG_RST, stream.id, 0, &[]);
+        lock(&self.shared.streams).remove(&stream.id);
+        stream.reset();
+    }
+
+    /// Pumps bytes between `stream` and `local`, one thread each way.
+    fn bridge(
+        &self,
+        stream: Arc<Stream>,
+        local: Conn,
+        on_end: Box<dyn FnOnce() + Send>,
+    ) -> io::Result<()> {
+        let reading = local.try_clone()?;
+        let control = local.try_clone()?;
+        let _ = stream.local.set(control);
+        if lock(&stream.state).reset {
+            local.shutdown(Shutdown::Both);
+        }
+        let on_end = Arc::new(Mutex::new(Some(on_end)));
+        let (session, out) = (self.clone(), Arc::clone(&stream));
+        let out_end = Arc::clone(&on_end);
+        thread::Builder::new()
+            .name("goplugin-mux-out".into())
+            .spawn(move || {
+                session.pump_out(&out, reading);
+                session.pump_done(&out, &out_end);
+            })?;
+        let session = self.clone();
+        thread::Builder::new()
+            .name("goplugin-mux-in".into())
+            .spawn(move || {
+                session.pump_in(&stream, local);
+                session.pump_done(&stream, &on_end);
+            })?;
+        Ok(())
+    }
+
+    fn pump_done(&self, stream: &Stream, on_end: &Mutex<Option<Box<dyn FnOnce() + Send>>>) {
+        let last = {
+            let mut state = lock(&stream.state);
+            state.pumps -= 1;
+            state.pumps == 0
+        };
+        if last {
+            lock(&self.shared.streams).remove(&stream.id);
+            if let Some(on_end) = lock(on_end).take() {
+                on_end();
+            }
+        }
+    }
+
+    /// Local socket → host, within the host's window.
+    fn pump_out(&self, stream: &Stream, mut local: Conn) {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match local.read(&mut buf) {
+                Ok(0) => {
+                    if !lock(&stream.state).reset {
+                        let _ = self.send(TYPE_WINDOW_UPDATE, FLAG_FIN, stream.id, 0, &[]);
+                    }
+                    return;
+                }
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    if !lock(&stream.state).reset {
+                        let _ = self.send(TYPE_WINDOW_UPDATE, FLAG_RST, stream.id, 0, &[]);
+                        stream.reset();
+                    }
+                    return;
+                }
+            };
+            let mut sent = 0;
+            while sent < n {
+                let take = {
+                    let mut state = lock(&stream.state);
+                    while state.send_window == 0 && !state.reset {
+                        state = stream
+                            .changed
+                            .wait(state)
+                            .unwrap_or_else(PoisonError::into_inner);
+                    }
+                    if state.reset {
+                        return;
+                    }
+                    let take = (n - sent).min(state.send_window as usize);
+                    state.send_window -= take as u32;
+                    take
+                };
+                let chunk = &buf[sent..sent + take];
+                if self
+                    .send(TYPE_DATA, 0, stream.id, take as u32, chunk)
+                    .is_err()
+                {
+                    stream.reset();
+                    return;
+                }
+                sent += take;
+            }
+        }
+    }
+
+    /// Host → local socket, re-opening the window as bytes are delivered.
+    fn pump_in(&self, stream: &Stream, mut local: Conn) {
+        let mut credit: u32 = 0;
+        loop {
+            let chunk = {
+                let mut state = lock(&stream.state);
+                loop {
+                    if state.reset {
+                        return;
+                    }
+                    if let Some(chunk) = state.inbound.pop_front() {
+                        break chunk;
+                    }
+                    if state.remote_fin {
+                        drop(state);
+                        local.shutdown(Shutdown::Write);
+                        return;
+                    }
+                    state = stream
+                        .changed
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            };
+            if local.write_all(&chunk).is_err() {
+                let _ = self.send(TYPE_WINDOW_UPDATE, FLAG_RST, stream.id, 0, &[]);
+                stream.reset();
+                return;
+            }
+            credit += chunk.len() as u32;
+            if credit >= WINDOW_CREDIT {
+                lock(&stream.state).recv_window += credit;
+                if self
+                    .send(TYPE_WINDOW_UPDATE, 0, stream.id, credit, &[])
+                    .is_err()
+                {
+                    stream.reset();
+                    return;
+                }
+                credit = 0;
+            }
+        }
+    }
+}
+
+/// The plugin side of go-plugin's gRPC muxer: which local gRPC server each
+/// stream the host opens belongs to.
+///
+/// The first stream, and any stream without a knock before it, goes to the
+/// main server (the host's main connection and its reconnects). A host that
+/// dials a brokered id first knocks on the broker stream; the plugin
+/// acknowledges with [`accept_knock`](Self::accept_knock), and the next
+/// stream the host opens goes to that id's server.
+pub(crate) struct Muxer {
+    main: Listener,
+    brokered: Mutex<HashMap<u32, Listener>>,
+    knocks: Mutex<VecDeque<u32>>,
+    session: OnceLock<Session>,
+    /// The public listener's descriptor, to stop waiting for the host.
+    accepting: Mutex<Option<i32>>,
+}
+
+impl Muxer {
+    /// A muxer whose default server listens at `main`.
+    pub(crate) fn new(main: Listener) -> Arc<Muxer> {
+        Arc::new(Muxer {
+            main,
+            brokered: Mutex::new(HashMap::new()),
+            knocks: Mutex::new(VecDeque::new()),
+            session: OnceLock::new(),
+            accepting: Mutex::new(None),
+        })
+    }
+
+    /// Waits on a thread for the host's one connection on `public`, then
+    /// serves the session on it; `on_close` runs when the session ends.
+    pub(crate) fn start(
+        self: &Arc<Muxer>,
+        public: RawListener,
+        on_close: Box<dyn FnOnce() + Send>,
+    ) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        *lock(&self.accepting) = Some(public.as_raw_fd());
+        let muxer = Arc::clone(self);
+        thread::Builder::new()
+            .name("goplugin-mux-accept".into())
+            .spawn(move || {
+                let accepted = public.accept();
+                *lock(&muxer.accepting) = None;
+                // Only the first connection is the host's; later ones are
+                // refused from here on.
+                drop(public);
+                let conn = match accepted {
+                    Ok(conn) => conn,
+                    Err(err) => {
+                        log::debug!("no multiplexed connection from the host: {err}");
+                        return on_close();
+                    }
+                };
+                let router = Arc::clone(&muxer);
+                match Session::serve(conn, Box::new(move || router.route()), on_close) {
+                    Ok(session) => {
+                        let _ = muxer.session.set(session);
+                    }
+                    Err(err) => log::error!("cannot serve the multiplexed connection: {err}"),
+                }
+            })?;
+        Ok(())
+    }
+
+    /// The session, once the host has connected.
+    pub(crate) fn session(&self) -> Option<&Session> {
+        self.session.get()
+    }
+
+    /// Makes `listener` the server for brokered `id`.
+    pub(crate) fn register(&self, id: u32, listener: Listener) {
+        lock(&self.brokered).insert(id, listener);
+    }
+
+    /// The host knocked for `id`: its next stream goes to that id's server.
+    /// The error is what the acknowledgement tells the host.
+    pub(crate) fn accept_knock(&self, id: u32) -> Result<(), String> {
+        if !lock(&self.brokered).contains_key(&id) {
+            return Err(format!("the plugin serves nothing on broker id {id}"));
+        }
+        lock(&self.knocks).push_back(id);
+        Ok(())
+    }
+
+    fn route(&self) -> io::Result<Conn> {
+        let knocked = lock(&self.knocks).pop_front();
+        let target = knocked
+            .and_then(|id| lock(&self.brokered).get(&id).cloned())
+            .unwrap_or_else(|| self.main.clone());
+        Conn::connect(&target)
+    }
+
+    /// Stops waiting for the host and ends the session.
+    pub(crate) fn close(&self) {
+        let mut accepting = lock(&self.accepting);
+        if let Some(fd) = accepting.take() {
+            // SAFETY: the descriptor is the public listener's, open while
+            // `accepting` holds it (the accepting thread clears it, under
+            // this lock, before closing); shutdown wakes the blocked accept.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+        drop(accepting);
+        if let Some(session) = self.session.get() {
+            session.close();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_big_endian_in_yamux_order() {
+        assert_eq!(
+            header(
+                TYPE_WINDOW_UPDATE,
+                FLAG_SYN | FLAG_FIN,
+                0x0102_0304,
+                0x0a0b_0c0d
+            ),
+            [0, 1, 0, 5, 1, 2, 3, 4, 0x0a, 0x0b, 0x0c, 0x0d]
+        );
+    }
+}
