@@ -47,6 +47,8 @@ def plugins():
         ("go", os.path.join(ROOT, ".build", "go-hosts", "kv-plugin-go"), {}),
         ("rust", rust, {}),
         ("rust-relaxed", rust, {"KV_PLUGIN_DURABILITY": "relaxed"}),
+        # The host multiplexes (GRPCBrokerMultiplex): the cost of the yamux bridge.
+        ("rust-mux", rust, {"KV_HOST_MUX": "1"}),
         ("python", python + " " + os.path.join(ROOT, "tests", "fixtures", "python-kv", "plugin.py"), {}),
     ]
 

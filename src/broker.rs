@@ -60,6 +60,59 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A handle on the plugin's broker. Cheap to clone; get it from
 /// [`PluginServerBuilder::broker`](crate::PluginServerBuilder::broker)
 /// before building the services that use it.
+///
+/// go-plugin's bidirectional example, plugin side (`counter-plugin` is the
+/// whole of it): the host serves an `AddHelper` under the id it sends in
+/// `PutRequest.add_server`, and the plugin calls it back.
+///
+/// ```no_run
+/// use goplugin::grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
+/// use goplugin::proto::counter::{AddHelperClient, Counter, Empty, PutRequest, SumRequest};
+/// use goplugin::proto::counter::create_counter;
+/// use goplugin::{BlockingPool, Broker, HandshakeConfig, PluginServer};
+///
+/// #[derive(Clone)]
+/// struct CallsBack {
+///     broker: Broker,
+///     pool: BlockingPool,
+/// }
+///
+/// impl Counter for CallsBack {
+///     fn put(&mut self, _: RpcContext, req: PutRequest, sink: UnarySink<Empty>) {
+///         let broker = self.broker.clone();
+///         // `dial` waits for the host: never on a gRPC thread.
+///         self.pool.unary(sink, move || {
+///             let unavailable =
+///                 |e: String| RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, e);
+///             let channel = broker
+///                 .dial(req.get_add_server())
+///                 .map_err(|e| unavailable(e.to_string()))?;
+///             let mut sum = SumRequest::new();
+///             sum.set_a(40);
+///             sum.set_b(req.get_value());
+///             let reply = AddHelperClient::new(channel)
+///                 .sum(&sum)
+///                 .map_err(|e| unavailable(e.to_string()))?;
+///             eprintln!("the host computed {}", reply.get_r());
+///             Ok(Empty::new())
+///         });
+///     }
+/// }
+///
+/// const HANDSHAKE: HandshakeConfig = HandshakeConfig {
+///     protocol_version: 1,
+///     magic_cookie_key: "BASIC_PLUGIN",
+///     magic_cookie_value: "hello",
+/// };
+///
+/// let builder = PluginServer::builder(HANDSHAKE);
+/// let service = CallsBack {
+///     broker: builder.broker(),
+///     pool: BlockingPool::new(4),
+/// };
+/// builder.service(create_counter(service)).build()?.serve()?;
+/// # Ok::<(), goplugin::Error>(())
+/// ```
 #[derive(Clone, Default)]
 pub struct Broker {
     inner: Arc<Inner>,
@@ -322,11 +375,6 @@ impl Broker {
                 continue;
             }
             let Ok(local) = raw.accept() else { continue };
-            if let Err(err) = self.knock(id) {
-                log::warn!("broker: {err}");
-                *lock(failure) = Some(err);
-                continue;
-            }
             let session = self
                 .config()
                 .ok()
@@ -335,12 +383,24 @@ impl Broker {
                 *lock(failure) = Some("the host has not connected".to_string());
                 continue;
             };
+            let knocked = match self.knock(id) {
+                Ok(knocked) => knocked,
+                Err(err) => {
+                    log::warn!("broker: {err}");
+                    *lock(failure) = Some(err);
+                    continue;
+                }
+            };
             active.fetch_add(1, Ordering::Relaxed);
             let ended = Arc::clone(&active);
             let on_end = Box::new(move || {
                 ended.fetch_sub(1, Ordering::Relaxed);
             });
-            if let Err(err) = session.open(local, on_end) {
+            // After an acknowledged knock a stream must follow: the host
+            // has unblocked its listener for it.
+            let opened = session.open(local, on_end);
+            drop(knocked);
+            if let Err(err) = opened {
                 active.fetch_sub(1, Ordering::Relaxed);
                 log::warn!("broker: cannot open a multiplexed stream for id {id}: {err}");
                 *lock(failure) = Some(err.to_string());
@@ -353,8 +413,10 @@ impl Broker {
     /// not listening on `id` yet says so in its acknowledgement; that is
     /// retried within the 5 s, since hosts start serving and send the id
     /// concurrently.
-    fn knock(&self, id: u32) -> std::result::Result<(), String> {
-        let _one_at_a_time = lock(&self.inner.knocking);
+    fn knock(&self, id: u32) -> std::result::Result<MutexGuard<'_, ()>, String> {
+        // Held by the caller until its stream is open: the host gives the
+        // next stream it accepts to the id it acknowledged last.
+        let one_at_a_time = lock(&self.inner.knocking);
         let deadline = Instant::now() + TIMEOUT;
         loop {
             lock(&self.inner.acks).remove(&id);
@@ -385,7 +447,7 @@ impl Broker {
             };
             drop(acks);
             if error.is_empty() {
-                return Ok(());
+                return Ok(one_at_a_time);
             }
             if Instant::now() + Duration::from_millis(50) >= deadline {
                 return Err(format!(
@@ -451,13 +513,30 @@ impl Broker {
 }
 
 impl Broker {
-    /// The host knocked for `id`: route its next stream, and say so.
+    /// The host knocked for `id`: route its next stream, and say so. A
+    /// knock for an id not served yet is answered from a thread of its own
+    /// once it is (or after 5 s): this runs on the broker stream's thread.
     fn answer_knock(&self, id: u32) {
-        let muxer = self.config().ok().and_then(|c| c.muxer.clone());
-        let error = match muxer {
-            Some(muxer) => muxer.accept_knock(id).err().unwrap_or_default(),
-            None => "the plugin does not multiplex".to_string(),
+        let Some(muxer) = self.config().ok().and_then(|c| c.muxer.clone()) else {
+            return self.acknowledge(id, "the plugin does not multiplex".to_string());
         };
+        if muxer.serves(id) {
+            let error = muxer.accept_knock(id, Duration::ZERO).err();
+            return self.acknowledge(id, error.unwrap_or_default());
+        }
+        let broker = self.clone();
+        let waiting = thread::Builder::new()
+            .name("goplugin-broker-knock".into())
+            .spawn(move || {
+                let error = muxer.accept_knock(id, TIMEOUT).err();
+                broker.acknowledge(id, error.unwrap_or_default());
+            });
+        if let Err(err) = waiting {
+            self.acknowledge(id, format!("cannot wait for broker id {id}: {err}"));
+        }
+    }
+
+    fn acknowledge(&self, id: u32, error: String) {
         let mut knock = ConnInfo_Knock::new();
         knock.set_knock(true);
         knock.set_ack(true);

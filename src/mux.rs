@@ -63,8 +63,9 @@ fn header(kind: u8, flags: u16, stream: u32, length: u32) -> [u8; HEADER_LEN] {
     h
 }
 
-/// Where the bytes of a stream the host opens go: a fresh local connection.
-pub(crate) type Router = dyn Fn() -> io::Result<Conn> + Send + Sync;
+/// Which local listener a stream the host opens goes to. Called on the
+/// session's reading thread, in the order the streams arrive.
+pub(crate) type Router = dyn Fn() -> Option<Listener> + Send + Sync;
 
 /// A yamux session, server side. Cheap to clone.
 #[derive(Clone)]
@@ -194,7 +195,11 @@ impl Session {
         if self.shared.closed.swap(true, Ordering::Relaxed) {
             return;
         }
-        let _ = self.send(TYPE_GO_AWAY, 0, 0, GO_AWAY_NORMAL, &[]);
+        // Skipped when a pump is stuck writing to a host that stopped
+        // reading: closing must not wait for it.
+        if let Ok(mut writer) = self.shared.writer.try_lock() {
+            let _ = writer.write_all(&header(TYPE_GO_AWAY, 0, 0, GO_AWAY_NORMAL));
+        }
         self.shared.control.shutdown(Shutdown::Both);
         let streams: Vec<_> = lock(&self.shared.streams).drain().map(|(_, s)| s).collect();
         for stream in streams {
@@ -237,14 +242,8 @@ impl Session {
             }
             match kind {
                 TYPE_DATA | TYPE_WINDOW_UPDATE => {
-                    let payload = if kind == TYPE_DATA {
-                        let mut payload = vec![0u8; length as usize];
-                        reader.read_exact(&mut payload)?;
-                        Some(payload)
-                    } else {
-                        None
-                    };
-                    self.on_stream_frame(flags, id, length, payload)?;
+                    let data = (kind == TYPE_DATA).then_some(&mut reader);
+                    self.on_stream_frame(flags, id, length, data)?;
                 }
                 TYPE_PING if flags & FLAG_SYN != 0 => {
                     self.send(TYPE_PING, FLAG_ACK, 0, length, &[])?;
@@ -258,43 +257,51 @@ impl Session {
         }
     }
 
+    /// A data or window-update frame for stream `id`; `data` is the
+    /// connection to read a data frame's payload from.
     fn on_stream_frame(
         &self,
         flags: u16,
         id: u32,
         length: u32,
-        payload: Option<Vec<u8>>,
+        data: Option<&mut Conn>,
     ) -> io::Result<()> {
         let stream = if flags & FLAG_SYN != 0 {
-            self.accept(id)?
+            Some(self.accept(id)?)
         } else {
-            match lock(&self.shared.streams).get(&id) {
-                Some(stream) => Arc::clone(stream),
-                // Late frames of a finished stream: nothing to do.
-                None => return Ok(()),
-            }
+            lock(&self.shared.streams).get(&id).cloned()
         };
-        {
-            let mut state = lock(&stream.state);
-            match payload {
-                Some(payload) => {
-                    if length > state.recv_window {
-                        let window = state.recv_window;
-                        drop(state);
-                        return Err(self.protocol_error(format!(
-                            "stream {id}: {length} bytes sent into a window of {window}"
-                        )));
-                    }
-                    state.recv_window -= length;
-                    if !payload.is_empty() {
-                        state.inbound.push_back(payload);
-                    }
+        let Some(stream) = stream else {
+            // Late frames of a finished stream: their payload is dropped.
+            if let Some(reader) = data {
+                io::copy(&mut reader.take(u64::from(length)), &mut io::sink())?;
+            }
+            return Ok(());
+        };
+        match data {
+            Some(reader) => {
+                // Checked before reading: the length comes from the host.
+                let window = lock(&stream.state).recv_window;
+                if length > window {
+                    return Err(self.protocol_error(format!(
+                        "stream {id}: {length} bytes sent into a window of {window}"
+                    )));
                 }
-                None => state.send_window = state.send_window.saturating_add(length),
+                let mut payload = vec![0u8; length as usize];
+                reader.read_exact(&mut payload)?;
+                let mut state = lock(&stream.state);
+                state.recv_window -= length;
+                if !payload.is_empty() {
+                    state.inbound.push_back(payload);
+                }
             }
-            if flags & FLAG_FIN != 0 {
-                state.remote_fin = true;
+            None => {
+                let mut state = lock(&stream.state);
+                state.send_window = state.send_window.saturating_add(length);
             }
+        }
+        if flags & FLAG_FIN != 0 {
+            lock(&stream.state).remote_fin = true;
         }
         stream.changed.notify_all();
         if flags & FLAG_RST != 0 {
@@ -314,11 +321,19 @@ impl Session {
         let stream = Stream::new(id);
         lock(&self.shared.streams).insert(id, Arc::clone(&stream));
         self.send(TYPE_WINDOW_UPDATE, FLAG_ACK, id, 0, &[])?;
+        let target = (self.shared.router)();
         let session = self.clone();
         let opened = Arc::clone(&stream);
+        let connect = move || match target {
+            Some(target) => Conn::connect(&target),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the plugin is stopping",
+            )),
+        };
         thread::Builder::new()
             .name("goplugin-mux-stream".into())
-            .spawn(move || match (session.shared.router)() {
+            .spawn(move || match connect() {
                 Ok(local) => {
                     if let Err(err) = session.bridge(Arc::clone(&opened), local, Box::new(|| {})) {
                         log::warn!("multiplexed stream {id}: cannot bridge it: {err}");
@@ -493,10 +508,18 @@ impl Session {
 pub(crate) struct Muxer {
     main: Listener,
     brokered: Mutex<HashMap<u32, Listener>>,
+    registered: Condvar,
     knocks: Mutex<VecDeque<u32>>,
     session: OnceLock<Session>,
-    /// The public listener's descriptor, to stop waiting for the host.
-    accepting: Mutex<Option<i32>>,
+    accepting: Mutex<Accepting>,
+}
+
+/// The wait for the host's connection.
+#[derive(Default)]
+struct Accepting {
+    /// The public listener's descriptor while a thread waits on it.
+    fd: Option<i32>,
+    closed: bool,
 }
 
 impl Muxer {
@@ -505,9 +528,10 @@ impl Muxer {
         Arc::new(Muxer {
             main,
             brokered: Mutex::new(HashMap::new()),
+            registered: Condvar::new(),
             knocks: Mutex::new(VecDeque::new()),
             session: OnceLock::new(),
-            accepting: Mutex::new(None),
+            accepting: Mutex::new(Accepting::default()),
         })
     }
 
@@ -519,32 +543,53 @@ impl Muxer {
         on_close: Box<dyn FnOnce() + Send>,
     ) -> io::Result<()> {
         use std::os::fd::AsRawFd;
-        *lock(&self.accepting) = Some(public.as_raw_fd());
+        lock(&self.accepting).fd = Some(public.as_raw_fd());
         let muxer = Arc::clone(self);
         thread::Builder::new()
             .name("goplugin-mux-accept".into())
-            .spawn(move || {
-                let accepted = public.accept();
-                *lock(&muxer.accepting) = None;
-                // Only the first connection is the host's; later ones are
-                // refused from here on.
-                drop(public);
-                let conn = match accepted {
-                    Ok(conn) => conn,
-                    Err(err) => {
-                        log::debug!("no multiplexed connection from the host: {err}");
-                        return on_close();
-                    }
-                };
-                let router = Arc::clone(&muxer);
-                match Session::serve(conn, Box::new(move || router.route()), on_close) {
-                    Ok(session) => {
-                        let _ = muxer.session.set(session);
-                    }
-                    Err(err) => log::error!("cannot serve the multiplexed connection: {err}"),
-                }
-            })?;
+            .spawn(move || muxer.accept_host(public, on_close))?;
         Ok(())
+    }
+
+    fn accept_host(self: Arc<Muxer>, public: RawListener, on_close: Box<dyn FnOnce() + Send>) {
+        let accepted = public.accept();
+        let mut accepting = lock(&self.accepting);
+        accepting.fd = None;
+        // Only the first connection is the host's; later ones are refused
+        // from here on.
+        drop(public);
+        let conn = match accepted {
+            Ok(conn) if !accepting.closed => conn,
+            Ok(_) => return on_close(),
+            Err(err) => {
+                log::debug!("no multiplexed connection from the host: {err}");
+                return on_close();
+            }
+        };
+        // The session holds the router, the router only a weak muxer: no
+        // cycle keeps the connection alive after both are dropped.
+        let muxer = Arc::downgrade(&self);
+        let router = Box::new(move || muxer.upgrade().map(|muxer| muxer.route()));
+        let on_close = Arc::new(Mutex::new(Some(on_close)));
+        let closing = Arc::clone(&on_close);
+        let once = Box::new(move || {
+            if let Some(on_close) = lock(&closing).take() {
+                on_close();
+            }
+        });
+        match Session::serve(conn, router, once) {
+            // Set under `accepting`: a `close` from now on finds it.
+            Ok(session) => {
+                let _ = self.session.set(session);
+            }
+            Err(err) => {
+                log::error!("cannot serve the multiplexed connection: {err}");
+                drop(accepting);
+                if let Some(on_close) = lock(&on_close).take() {
+                    on_close();
+                }
+            }
+        }
     }
 
     /// The session, once the host has connected.
@@ -555,36 +600,60 @@ impl Muxer {
     /// Makes `listener` the server for brokered `id`.
     pub(crate) fn register(&self, id: u32, listener: Listener) {
         lock(&self.brokered).insert(id, listener);
+        self.registered.notify_all();
     }
 
     /// The host knocked for `id`: its next stream goes to that id's server.
+    /// Like a Go plugin, a knock for an id not served yet waits up to
+    /// `patience` for it (hosts send an id while they start serving it).
     /// The error is what the acknowledgement tells the host.
-    pub(crate) fn accept_knock(&self, id: u32) -> Result<(), String> {
-        if !lock(&self.brokered).contains_key(&id) {
-            return Err(format!("the plugin serves nothing on broker id {id}"));
+    pub(crate) fn accept_knock(
+        &self,
+        id: u32,
+        patience: std::time::Duration,
+    ) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + patience;
+        let mut brokered = lock(&self.brokered);
+        while !brokered.contains_key(&id) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(format!("the plugin serves nothing on broker id {id}"));
+            }
+            brokered = self
+                .registered
+                .wait_timeout(brokered, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
+        drop(brokered);
         lock(&self.knocks).push_back(id);
         Ok(())
     }
 
-    fn route(&self) -> io::Result<Conn> {
+    /// Whether `id` is served already.
+    pub(crate) fn serves(&self, id: u32) -> bool {
+        lock(&self.brokered).contains_key(&id)
+    }
+
+    fn route(&self) -> Listener {
         let knocked = lock(&self.knocks).pop_front();
-        let target = knocked
+        knocked
             .and_then(|id| lock(&self.brokered).get(&id).cloned())
-            .unwrap_or_else(|| self.main.clone());
-        Conn::connect(&target)
+            .unwrap_or_else(|| self.main.clone())
     }
 
     /// Stops waiting for the host and ends the session.
     pub(crate) fn close(&self) {
         let mut accepting = lock(&self.accepting);
-        if let Some(fd) = accepting.take() {
+        accepting.closed = true;
+        if let Some(fd) = accepting.fd.take() {
             // SAFETY: the descriptor is the public listener's, open while
-            // `accepting` holds it (the accepting thread clears it, under
+            // `accepting.fd` holds it (the accepting thread clears it, under
             // this lock, before closing); shutdown wakes the blocked accept.
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         }
         drop(accepting);
+        self.registered.notify_all();
         if let Some(session) = self.session.get() {
             session.close();
         }
