@@ -75,6 +75,14 @@
 //! connection: code that blocks belongs on a [`BlockingPool`], or every
 //! other call of the host waits for it.
 //!
+//! # Calling back into the host
+//!
+//! Bidirectional plugins use the [`Broker`] from
+//! [`PluginServerBuilder::broker`]: [`Broker::dial`] connects to a service
+//! the host serves under an id, [`Broker::accept_and_serve`] serves one for
+//! the host. Both work with and without AutoMTLS and multiplexing; the
+//! `counter-plugin` binary is go-plugin's bidirectional example.
+//!
 //! # The environment
 //!
 //! | variable | set by the host | what the plugin does |
@@ -85,7 +93,7 @@
 //! | [`PLUGIN_UNIX_SOCKET_GROUP`](env::PLUGIN_UNIX_SOCKET_GROUP) | go-plugin ≥ 1.5 hosts | socket owned by that group (name or gid), mode 0660 instead of 0600 |
 //! | [`PLUGIN_MIN_PORT`](env::PLUGIN_MIN_PORT), [`PLUGIN_MAX_PORT`](env::PLUGIN_MAX_PORT) | always (host default 10000–25000) | TCP only: binds the first free port of the range on 127.0.0.1; unset: any port; unparsable or min > max: [`Error::InvalidEnv`] |
 //! | [`PLUGIN_CLIENT_CERT`](env::PLUGIN_CLIENT_CERT) | AutoMTLS hosts | TLS with a fresh certificate (handshake field 6) that requires and verifies exactly this client certificate; malformed: [`Error::InvalidEnv`] |
-//! | [`PLUGIN_MULTIPLEX_GRPC`](env::PLUGIN_MULTIPLEX_GRPC) | hosts with `GRPCBrokerMultiplex` | handshake field 7 is `false`, so the host says multiplexing is unsupported |
+//! | [`PLUGIN_MULTIPLEX_GRPC`](env::PLUGIN_MULTIPLEX_GRPC) | go-plugin ≥ 1.6 hosts with `GRPCBrokerMultiplex` | handshake field 7 is `true`; with a true value every connection, main and brokered, is a yamux stream over the host's one connection (bridged to the gRPC servers through local sockets) |
 //!
 //! # Rules this crate keeps
 //!

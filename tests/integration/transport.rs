@@ -359,3 +359,81 @@ fn a_multiplexing_host_refuses_the_reference_plugins() {
         );
     }
 }
+
+/// Starts the Rust plugin multiplexed and connects as the host would,
+/// speaking raw yamux.
+fn raw_mux_session() -> (Running, std::os::unix::net::UnixStream) {
+    let running = Running::start(Plugin::Rust, &[COOKIE, ("PLUGIN_MULTIPLEX_GRPC", "true")]);
+    let conn = std::os::unix::net::UnixStream::connect(socket_path(&running)).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    (running, conn)
+}
+
+fn yamux_header(kind: u8, flags: u16, stream: u32, length: u32) -> Vec<u8> {
+    let mut h = vec![0, kind];
+    h.extend_from_slice(&flags.to_be_bytes());
+    h.extend_from_slice(&stream.to_be_bytes());
+    h.extend_from_slice(&length.to_be_bytes());
+    h
+}
+
+fn read_yamux_header(conn: &mut std::os::unix::net::UnixStream) -> (u8, u16, u32, u32) {
+    use std::io::Read as _;
+    let mut h = [0u8; 12];
+    conn.read_exact(&mut h).expect("a yamux frame header");
+    assert_eq!(h[0], 0, "yamux version");
+    (
+        h[1],
+        u16::from_be_bytes([h[2], h[3]]),
+        u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+        u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
+    )
+}
+
+/// The host's yamux keepalive (a ping every 30 s) is answered with the same
+/// opaque value, and a stream the host opens is acknowledged.
+#[test]
+fn multiplexed_pings_are_answered_and_streams_acknowledged() {
+    use std::io::Write as _;
+    let (running, mut conn) = raw_mux_session();
+    conn.write_all(&yamux_header(2, 1, 0, 0xdead_beef)).unwrap();
+    assert_eq!(read_yamux_header(&mut conn), (2, 2, 0, 0xdead_beef));
+    conn.write_all(&yamux_header(1, 1, 1, 0)).unwrap();
+    assert_eq!(
+        read_yamux_header(&mut conn),
+        (1, 2, 1, 0),
+        "ACK of stream 1"
+    );
+    drop(conn);
+    let pid = running.pid();
+    assert!(
+        crate::support::gone_within(pid, std::time::Duration::from_secs(2)),
+        "the plugin ends with the host's connection"
+    );
+}
+
+/// A data frame claiming more than the stream's 256 KiB window is a
+/// protocol error (go-away code 1), checked before anything is read or
+/// allocated: the plugin stops cleanly instead of buffering 4 GiB.
+#[test]
+fn a_frame_over_the_window_is_a_protocol_error_not_an_allocation() {
+    use std::io::Write as _;
+    let (running, mut conn) = raw_mux_session();
+    conn.write_all(&yamux_header(0, 1, 1, u32::MAX)).unwrap();
+    assert_eq!(
+        read_yamux_header(&mut conn),
+        (1, 2, 1, 0),
+        "ACK of stream 1"
+    );
+    assert_eq!(
+        read_yamux_header(&mut conn),
+        (3, 0, 0, 1),
+        "go-away, protocol error"
+    );
+    let pid = running.pid();
+    assert!(crate::support::gone_within(
+        pid,
+        std::time::Duration::from_secs(2)
+    ));
+}
