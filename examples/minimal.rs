@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! BASIC_PLUGIN=hello PLUGIN_PROTOCOL_VERSIONS=1 cargo run --release --example minimal
-//! 1|1|tcp|127.0.0.1:41027|grpc
+//! 1|1|unix|/tmp/plugin1804289383|grpc
 //! ```
 //!
 //! Without `BASIC_PLUGIN=hello` it exits 1 with go-plugin's "This binary is
@@ -22,16 +22,7 @@ const HANDSHAKE: HandshakeConfig = HandshakeConfig {
 };
 
 fn main() -> ExitCode {
-    let served = PluginServer::builder(HANDSHAKE)
-        .build()
-        .and_then(PluginServer::serve);
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            use std::io::Write;
-            // Never panic on a closed stderr.
-            let _ = writeln!(std::io::stderr(), "{err}");
-            ExitCode::FAILURE
-        }
-    }
+    goplugin::plugin_main(HANDSHAKE, "minimal", |env| {
+        PluginServer::builder(HANDSHAKE).env(env).build()?.serve()
+    })
 }

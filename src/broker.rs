@@ -57,6 +57,30 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Waits until `take` finds what it looks for in `shared` (re-checked each
+/// time `changed` is notified), or until `deadline`: then `None`.
+pub(crate) fn wait_for<S, T>(
+    shared: &Mutex<S>,
+    changed: &Condvar,
+    deadline: Instant,
+    mut take: impl FnMut(&mut S) -> Option<T>,
+) -> Option<T> {
+    let mut guard = lock(shared);
+    loop {
+        if let Some(found) = take(&mut guard) {
+            return Some(found);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        guard = changed
+            .wait_timeout(guard, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+}
+
 /// A handle on the plugin's broker. Cheap to clone; get it from
 /// [`PluginServerBuilder::broker`](crate::PluginServerBuilder::broker)
 /// before building the services that use it.
@@ -287,33 +311,21 @@ impl Broker {
     /// Where the host's announcement for `id` says to connect.
     fn announced_target(&self, id: u32) -> Result<String> {
         let deadline = Instant::now() + TIMEOUT;
-        let mut received = self
-            .inner
-            .received
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let info = loop {
-            received.retain(|_, (_, at)| at.elapsed() < TIMEOUT);
-            if let Some((info, _)) = received.remove(&id) {
-                break info;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Broker {
-                    reason: format!(
-                        "the host announced no connection for service id {id} within {} s",
-                        TIMEOUT.as_secs()
-                    ),
-                });
-            }
-            received = self
-                .inner
-                .arrived
-                .wait_timeout(received, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        };
-        drop(received);
+        let info = wait_for(
+            &self.inner.received,
+            &self.inner.arrived,
+            deadline,
+            |received| {
+                received.retain(|_, (_, at)| at.elapsed() < TIMEOUT);
+                received.remove(&id).map(|(info, _)| info)
+            },
+        )
+        .ok_or_else(|| Error::Broker {
+            reason: format!(
+                "the host announced no connection for service id {id} within {} s",
+                TIMEOUT.as_secs()
+            ),
+        })?;
         match info.get_network() {
             "unix" => Ok(format!("unix:{}", info.get_address())),
             "tcp" => Ok(info.get_address().to_string()),
@@ -426,26 +438,15 @@ impl Broker {
             info.set_service_id(id);
             info.set_knock(knock);
             self.announce(info).map_err(|err| err.to_string())?;
-            let mut acks = lock(&self.inner.acks);
-            let error = loop {
-                if let Some(error) = acks.remove(&id) {
-                    break error;
-                }
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(format!(
-                        "the host did not answer the knock for service id {id} within {} s",
-                        TIMEOUT.as_secs()
-                    ));
-                }
-                acks = self
-                    .inner
-                    .acked
-                    .wait_timeout(acks, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            };
-            drop(acks);
+            let error = wait_for(&self.inner.acks, &self.inner.acked, deadline, |acks| {
+                acks.remove(&id)
+            })
+            .ok_or_else(|| {
+                format!(
+                    "the host did not answer the knock for service id {id} within {} s",
+                    TIMEOUT.as_secs()
+                )
+            })?;
             if error.is_empty() {
                 return Ok(one_at_a_time);
             }

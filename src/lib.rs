@@ -132,4 +132,4 @@ pub use grpcio;
 pub use handshake::{CORE_PROTOCOL_VERSION, HandshakeConfig, HandshakeLine, Network};
 pub use health::HEALTH_SERVICE_NAME;
 pub use listener::Listener;
-pub use server::{PluginServer, PluginServerBuilder, ShutdownHandle, serve};
+pub use server::{PluginServer, PluginServerBuilder, ShutdownHandle, plugin_main, serve};

@@ -613,19 +613,10 @@ impl Muxer {
         patience: std::time::Duration,
     ) -> Result<(), String> {
         let deadline = std::time::Instant::now() + patience;
-        let mut brokered = lock(&self.brokered);
-        while !brokered.contains_key(&id) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(format!("the plugin serves nothing on broker id {id}"));
-            }
-            brokered = self
-                .registered
-                .wait_timeout(brokered, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        drop(brokered);
+        crate::broker::wait_for(&self.brokered, &self.registered, deadline, |brokered| {
+            brokered.contains_key(&id).then_some(())
+        })
+        .ok_or_else(|| format!("the plugin serves nothing on broker id {id}"))?;
         lock(&self.knocks).push_back(id);
         Ok(())
     }

@@ -50,6 +50,59 @@ pub fn serve(handshake: HandshakeConfig, service: grpcio::Service) -> Result<()>
         .serve()
 }
 
+/// The whole `main` of a plugin binary, as go-plugin's Go plugins behave:
+///
+/// 1. without `handshake`'s magic cookie, go-plugin's "This binary is a
+///    plugin…" message goes to stderr, in plain text, and the exit code is
+///    1 — nothing else happens, nothing is written on stdout;
+/// 2. logging starts ([`logging::init`](crate::logging::init) at `Info`:
+///    hclog JSON on stderr, which the host re-levels);
+/// 3. `run` gets the environment; an error it returns is logged as
+///    `"<name> cannot serve: <error>"` and the exit code is 1.
+///
+/// ```no_run
+/// use goplugin::{HandshakeConfig, PluginServer};
+/// use std::process::ExitCode;
+/// # fn create_my_service() -> goplugin::grpcio::Service { unimplemented!() }
+///
+/// const HANDSHAKE: HandshakeConfig = HandshakeConfig {
+///     protocol_version: 1,
+///     magic_cookie_key: "BASIC_PLUGIN",
+///     magic_cookie_value: "hello",
+/// };
+///
+/// fn main() -> ExitCode {
+///     goplugin::plugin_main(HANDSHAKE, "my-plugin", |env| {
+///         PluginServer::builder(HANDSHAKE)
+///             .env(env)
+///             .service(create_my_service())
+///             .build()?
+///             .serve()
+///     })
+/// }
+/// ```
+pub fn plugin_main<E: fmt::Display>(
+    handshake: HandshakeConfig,
+    name: &str,
+    run: impl FnOnce(PluginEnv) -> std::result::Result<(), E>,
+) -> std::process::ExitCode {
+    let env = PluginEnv::from_process();
+    if let Err(err @ Error::NotLaunchedByHost { .. }) = env.verify_cookie(&handshake) {
+        let _ = writeln!(io::stderr(), "{err}");
+        return std::process::ExitCode::FAILURE;
+    }
+    // Fails only when the binary set up another logger first: then that
+    // one is used.
+    let _ = crate::logging::init(log::LevelFilter::Info);
+    match run(env) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            log::error!("{name} cannot serve: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Configures a [`PluginServer`]. Made by [`PluginServer::builder`].
 ///
 /// [`build`](Self::build) does every step that can fail, in go-plugin's

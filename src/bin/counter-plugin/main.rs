@@ -22,7 +22,6 @@
 mod store;
 
 use std::collections::HashMap;
-use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,7 +33,7 @@ use goplugin::proto::counter::{
     LendResponse, PutRequest, SumRequest, SumResponse, create_add_helper, create_counter,
     create_helper_lender,
 };
-use goplugin::{BlockingPool, Broker, Error, HandshakeConfig, PluginEnv, PluginServer};
+use goplugin::{BlockingPool, Broker, HandshakeConfig, PluginEnv, PluginServer};
 
 use store::{Durability, Store};
 
@@ -250,17 +249,7 @@ fn run(env: PluginEnv) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let env = PluginEnv::from_process();
-    if let Err(err @ Error::NotLaunchedByHost { .. }) = env.verify_cookie(&HANDSHAKE) {
-        let _ = writeln!(io::stderr(), "{err}");
-        return ExitCode::FAILURE;
-    }
-    let _ = goplugin::logging::init(log::LevelFilter::Info);
-    match run(env) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            log::error!("counter-plugin cannot serve: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    // A person who runs the binary by hand gets go-plugin's message, in
+    // plain text, and nothing else happens; logs are hclog JSON on stderr.
+    goplugin::plugin_main(HANDSHAKE, "counter-plugin", run)
 }

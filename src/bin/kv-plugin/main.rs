@@ -18,14 +18,13 @@
 
 mod store;
 
-use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use goplugin::grpcio::{RpcContext, UnarySink};
 use goplugin::proto::kv::{Empty, GetRequest, GetResponse, Kv, PutRequest, create_kv};
-use goplugin::{BlockingPool, Error, HandshakeConfig, PluginEnv, PluginServer};
+use goplugin::{BlockingPool, HandshakeConfig, PluginEnv, PluginServer};
 
 use store::{Durability, Store};
 
@@ -155,21 +154,7 @@ fn run(env: PluginEnv) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let env = PluginEnv::from_process();
-    // First of all, as go-plugin does: a person who runs the binary by hand
-    // gets go-plugin's message, in plain text, and nothing else happens.
-    if let Err(err @ Error::NotLaunchedByHost { .. }) = env.verify_cookie(&HANDSHAKE) {
-        let _ = writeln!(io::stderr(), "{err}");
-        return ExitCode::FAILURE;
-    }
-    // Logs are hclog JSON on stderr, which the host re-levels. No other
-    // logger exists in this binary, so this cannot fail.
-    let _ = goplugin::logging::init(log::LevelFilter::Info);
-    match run(env) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            log::error!("kv-plugin cannot serve: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    // A person who runs the binary by hand gets go-plugin's message, in
+    // plain text, and nothing else happens; logs are hclog JSON on stderr.
+    goplugin::plugin_main(HANDSHAKE, "kv-plugin", run)
 }
