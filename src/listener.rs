@@ -173,6 +173,33 @@ impl Conn {
         })
     }
 
+    /// Writes what the socket takes without blocking: the count, 0 when
+    /// it is full (or an error the next blocking write will report).
+    pub(crate) fn try_send(&self, buf: &[u8]) -> io::Result<usize> {
+        let fd = match self {
+            Conn::Unix(s) => s.as_raw_fd(),
+            Conn::Tcp(s) => s.as_raw_fd(),
+        };
+        // SAFETY: `buf` is valid for `buf.len()` bytes; `fd` is this
+        // socket's, open while `self` lives.
+        let n = unsafe {
+            libc::send(
+                fd,
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return match err.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(err),
+            };
+        }
+        Ok(n as usize)
+    }
+
     /// Shuts down one or both directions; errors (already closed) are moot.
     pub(crate) fn shutdown(&self, how: std::net::Shutdown) {
         let _ = match self {

@@ -100,6 +100,11 @@ struct StreamState {
     /// Bytes the peer may still send.
     recv_window: u32,
     inbound: VecDeque<Vec<u8>>,
+    /// The in-pump is writing a chunk it took from `inbound`.
+    writing: bool,
+    /// Bytes delivered to the local socket, not yet given back to the host
+    /// as window.
+    credit: u32,
     remote_fin: bool,
     reset: bool,
     /// Pumps still running; the last one out removes the stream.
@@ -114,6 +119,8 @@ impl Stream {
                 send_window: INITIAL_WINDOW,
                 recv_window: INITIAL_WINDOW,
                 inbound: VecDeque::new(),
+                writing: false,
+                credit: 0,
                 remote_fin: false,
                 reset: false,
                 pumps: 2,
@@ -291,8 +298,24 @@ impl Session {
                 reader.read_exact(&mut payload)?;
                 let mut state = lock(&stream.state);
                 state.recv_window -= length;
-                if !payload.is_empty() {
+                // Straight to the local socket when nothing is ahead of it
+                // and it takes the bytes without blocking: saves waking the
+                // in-pump (a thread hop per message); the rest queues.
+                let mut direct = 0;
+                if state.inbound.is_empty()
+                    && !state.writing
+                    && !state.reset
+                    && let Some(local) = stream.local.get()
+                {
+                    direct = local.try_send(&payload).unwrap_or(0);
+                }
+                if direct < payload.len() {
+                    payload.drain(..direct);
                     state.inbound.push_back(payload);
+                }
+                drop(state);
+                if direct > 0 {
+                    self.delivered(&stream, direct as u32)?;
                 }
             }
             None => {
@@ -452,9 +475,8 @@ impl Session {
         }
     }
 
-    /// Host → local socket, re-opening the window as bytes are delivered.
+    /// Host → local socket, for what could not be written at once.
     fn pump_in(&self, stream: &Stream, mut local: Conn) {
-        let mut credit: u32 = 0;
         loop {
             let chunk = {
                 let mut state = lock(&stream.state);
@@ -463,6 +485,7 @@ impl Session {
                         return;
                     }
                     if let Some(chunk) = state.inbound.pop_front() {
+                        state.writing = true;
                         break chunk;
                     }
                     if state.remote_fin {
@@ -476,24 +499,34 @@ impl Session {
                         .unwrap_or_else(PoisonError::into_inner);
                 }
             };
-            if local.write_all(&chunk).is_err() {
+            let written = local.write_all(&chunk);
+            lock(&stream.state).writing = false;
+            if written.is_err() {
                 let _ = self.send(TYPE_WINDOW_UPDATE, FLAG_RST, stream.id, 0, &[]);
                 stream.reset();
                 return;
             }
-            credit += chunk.len() as u32;
-            if credit >= WINDOW_CREDIT {
-                lock(&stream.state).recv_window += credit;
-                if self
-                    .send(TYPE_WINDOW_UPDATE, 0, stream.id, credit, &[])
-                    .is_err()
-                {
-                    stream.reset();
-                    return;
-                }
-                credit = 0;
+            if self.delivered(stream, chunk.len() as u32).is_err() {
+                stream.reset();
+                return;
             }
         }
+    }
+
+    /// `n` more bytes reached the local socket: once enough have, the host
+    /// may send that many more.
+    fn delivered(&self, stream: &Stream, n: u32) -> io::Result<()> {
+        let credit = {
+            let mut state = lock(&stream.state);
+            state.credit += n;
+            if state.credit < WINDOW_CREDIT {
+                return Ok(());
+            }
+            let credit = std::mem::take(&mut state.credit);
+            state.recv_window += credit;
+            credit
+        };
+        self.send(TYPE_WINDOW_UPDATE, 0, stream.id, credit, &[])
     }
 }
 
