@@ -11,12 +11,14 @@ VENV := $(BUILD)/venv
 PYGEN := $(BUILD)/python-kv
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 KV_PLUGIN_BIN := $(if $(TARGET_DIR),$(TARGET_DIR),target)/release/kv-plugin
+COUNTER_PLUGIN_BIN := $(if $(TARGET_DIR),$(TARGET_DIR),target)/release/counter-plugin
 
 .PHONY: demo test deps hosts python-ref build lint doc bench bench-quick fuzz clean
 
-## demo: install what is missing, build, and run kv put/get through the current go-plugin host
+## demo: install what is missing, build, and run kv put/get (and the bidirectional
+## counter example) through the current go-plugin host
 demo: deps hosts
-	$(CARGO) build $(CARGO_FLAGS) --bin kv-plugin
+	$(CARGO) build $(CARGO_FLAGS) --bin kv-plugin --bin counter-plugin
 	@dir=$$(mktemp -d) && cd "$$dir" && \
 	echo "== in $$dir, host = go-plugin $$(sed -n 's/.*hashicorp\/go-plugin \(v[0-9.]*\).*/\1/p' $(CURDIR)/tests/fixtures/go-host/go.mod), plugin = $(KV_PLUGIN_BIN)" && \
 	echo '$$ kv put hello world' && \
@@ -26,6 +28,10 @@ demo: deps hosts
 	echo "$$ cat kv_hello" && cat kv_hello && echo && \
 	echo '$$ kv get missing   (a missing key is NOT_FOUND)' && \
 	{ KV_PLUGIN="$(abspath $(KV_PLUGIN_BIN))" $(CURDIR)/$(HOSTS)/kv-host-current get missing 2>>host.log || true; } && \
+	echo '$$ kv cput hits 5; kv cput hits 7; kv cget hits   (counter-plugin: each Put calls the host back through the broker)' && \
+	KV_PLUGIN="$(abspath $(COUNTER_PLUGIN_BIN))" $(CURDIR)/$(HOSTS)/kv-host-current cput hits 5 2>>host.log && \
+	KV_PLUGIN="$(abspath $(COUNTER_PLUGIN_BIN))" $(CURDIR)/$(HOSTS)/kv-host-current cput hits 7 2>>host.log && \
+	KV_PLUGIN="$(abspath $(COUNTER_PLUGIN_BIN))" $(CURDIR)/$(HOSTS)/kv-host-current cget hits 2>>host.log && \
 	echo "== the host's log of these calls: $$dir/host.log"
 
 ## test: install what is missing, then fmt, clippy, rustdoc and every test
