@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -167,6 +167,10 @@ struct Inner {
     acked: Condvar,
     knocking: Mutex<()>,
     closed: AtomicBool,
+    /// Socket files of multiplexed dials' local listeners, by bridge: a
+    /// bridge removes its own when it ends, shutdown whatever is left.
+    bridge_sockets: Mutex<HashMap<u64, SocketFile>>,
+    next_bridge: AtomicU64,
 }
 
 #[derive(Default)]
@@ -350,10 +354,17 @@ impl Broker {
                 reason: "no local listener for a multiplexed dial".into(),
             });
         };
+        let bridge = self.inner.next_bridge.fetch_add(1, Ordering::Relaxed);
+        if let Some(socket) = socket {
+            lock(&self.inner.bridge_sockets).insert(bridge, socket);
+        }
         let broker = self.clone();
         thread::Builder::new()
             .name("goplugin-broker-dial".into())
-            .spawn(move || broker.run_bridge(id, raw, socket, &failure))
+            .spawn(move || {
+                broker.run_bridge(id, raw, &failure);
+                lock(&broker.inner.bridge_sockets).remove(&bridge);
+            })
             .map_err(|err| Error::Broker {
                 reason: format!("cannot start a thread for a multiplexed dial: {err}"),
             })?;
@@ -362,13 +373,7 @@ impl Broker {
 
     /// Takes the dial listener's connections until the broker closes or
     /// the listener has been idle for [`BRIDGE_IDLE`].
-    fn run_bridge(
-        &self,
-        id: u32,
-        raw: RawListener,
-        _socket: Option<SocketFile>,
-        failure: &Mutex<Option<String>>,
-    ) {
+    fn run_bridge(&self, id: u32, raw: RawListener, failure: &Mutex<Option<String>>) {
         let active = Arc::new(AtomicUsize::new(0));
         let mut idle_since = Instant::now();
         while !self.inner.closed.load(Ordering::Relaxed) {
@@ -489,6 +494,8 @@ impl Broker {
             let _ = futures::executor::block_on(stopped);
             drop(socket);
         }
+        // The bridges' threads notice within 200 ms; the files go now.
+        lock(&self.inner.bridge_sockets).clear();
     }
 
     fn receive(&self, mut info: ConnInfo) {

@@ -197,3 +197,28 @@ fn host_side_brokered_servers_under_automtls() {
         }
     }
 }
+
+/// Every socket the plugin opened for the broker — brokered servers, the
+/// local servers and dial listeners behind multiplexing — is gone once the
+/// host has killed it.
+#[test]
+fn no_socket_file_is_left_behind() {
+    for (host, setup) in CELLS {
+        let dir = tempdir();
+        let sockets = tempdir();
+        let tmpdir = sockets.path().to_str().unwrap();
+        host_run(host, setup, dir.path())
+            .env("TMPDIR", tmpdir)
+            .run(&["cput", "k", "1"])
+            .assert_success();
+        host_run(host, setup, dir.path())
+            .env("TMPDIR", tmpdir)
+            .run(&["clend", "1", "2"])
+            .assert_success();
+        let left: Vec<_> = fs::read_dir(sockets.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{host:?}/{setup:?}: {left:?}");
+    }
+}
