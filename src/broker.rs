@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,7 @@ use grpcio::{ChannelBuilder, DuplexSink, Environment, RequestStream, RpcContext,
 use crate::env::PluginEnv;
 use crate::error::{Error, Result};
 use crate::listener::{self, GrpcBind, Listener, RawBind, RawListener, SocketFile, Transport};
+use crate::locks::{lock, wait_for};
 use crate::mux::Muxer;
 use crate::proto::plugin::{ConnInfo, ConnInfo_Knock, GrpcBroker, create_grpc_broker};
 use crate::tls::{self, AutoMtls};
@@ -52,34 +53,6 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// A multiplexed dial's local listener closes after this long without a
 /// connection (its channel was dropped, or never used).
 const BRIDGE_IDLE: Duration = Duration::from_secs(10);
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Waits until `take` finds what it looks for in `shared` (re-checked each
-/// time `changed` is notified), or until `deadline`: then `None`.
-pub(crate) fn wait_for<S, T>(
-    shared: &Mutex<S>,
-    changed: &Condvar,
-    deadline: Instant,
-    mut take: impl FnMut(&mut S) -> Option<T>,
-) -> Option<T> {
-    let mut guard = lock(shared);
-    loop {
-        if let Some(found) = take(&mut guard) {
-            return Some(found);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        guard = changed
-            .wait_timeout(guard, left)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0;
-    }
-}
 
 /// A handle on the plugin's broker. Cheap to clone; get it from
 /// [`PluginServerBuilder::broker`](crate::PluginServerBuilder::broker)
@@ -245,11 +218,7 @@ impl Broker {
     }
 
     fn announce(&self, info: ConnInfo) -> Result<()> {
-        let mut outgoing = self
-            .inner
-            .outgoing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut outgoing = lock(&self.inner.outgoing);
         if outgoing.closed {
             return Err(Error::Broker {
                 reason: "the plugin is shutting down".into(),
@@ -473,21 +442,11 @@ impl Broker {
     pub(crate) fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::Relaxed);
         {
-            let mut outgoing = self
-                .inner
-                .outgoing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut outgoing = lock(&self.inner.outgoing);
             outgoing.closed = true;
             outgoing.stream = None;
         }
-        let servers = std::mem::take(
-            &mut *self
-                .inner
-                .servers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        let servers = std::mem::take(&mut *lock(&self.inner.servers));
         for (mut server, socket) in servers {
             let stopped = server.shutdown();
             server.cancel_all_calls();
@@ -510,11 +469,7 @@ impl Broker {
             }
             return;
         }
-        let mut received = self
-            .inner
-            .received
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut received = lock(&self.inner.received);
         received.insert(info.get_service_id(), (info, Instant::now()));
         self.inner.arrived.notify_all();
     }
@@ -588,12 +543,7 @@ impl GrpcBroker for BrokerService {
     ) {
         let (sender, receiver) = mpsc::unbounded();
         {
-            let mut outgoing = self
-                .broker
-                .inner
-                .outgoing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut outgoing = lock(&self.broker.inner.outgoing);
             if outgoing.closed {
                 return;
             }

@@ -116,6 +116,7 @@ mod error;
 pub mod handshake;
 mod health;
 mod listener;
+mod locks;
 pub mod logging;
 mod mux;
 pub mod proto;

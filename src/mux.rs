@@ -20,10 +20,11 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 
 use crate::listener::{Conn, Listener, RawListener};
+use crate::locks::{lock, wait, wait_for};
 
 /// yamux's only protocol version.
 const VERSION: u8 = 0;
@@ -48,10 +49,6 @@ const INITIAL_WINDOW: u32 = 256 * 1024;
 const WINDOW_CREDIT: u32 = INITIAL_WINDOW / 4;
 /// Largest chunk read from a local socket into one data frame.
 const CHUNK: usize = 32 * 1024;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 fn header(kind: u8, flags: u16, stream: u32, length: u32) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
@@ -450,10 +447,7 @@ impl Session {
                 let take = {
                     let mut state = lock(&stream.state);
                     while state.send_window == 0 && !state.reset {
-                        state = stream
-                            .changed
-                            .wait(state)
-                            .unwrap_or_else(PoisonError::into_inner);
+                        state = wait(&stream.changed, state);
                     }
                     if state.reset {
                         return;
@@ -493,10 +487,7 @@ impl Session {
                         local.shutdown(Shutdown::Write);
                         return;
                     }
-                    state = stream
-                        .changed
-                        .wait(state)
-                        .unwrap_or_else(PoisonError::into_inner);
+                    state = wait(&stream.changed, state);
                 }
             };
             let written = local.write_all(&chunk);
@@ -646,7 +637,7 @@ impl Muxer {
         patience: std::time::Duration,
     ) -> Result<(), String> {
         let deadline = std::time::Instant::now() + patience;
-        crate::broker::wait_for(&self.brokered, &self.registered, deadline, |brokered| {
+        wait_for(&self.brokered, &self.registered, deadline, |brokered| {
             brokered.contains_key(&id).then_some(())
         })
         .ok_or_else(|| format!("the plugin serves nothing on broker id {id}"))?;

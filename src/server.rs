@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{self, Write};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use crate::env::PluginEnv;
 use crate::error::{Error, Result};
 use crate::handshake::{HandshakeConfig, HandshakeLine, negotiate_version};
 use crate::listener::{self, GrpcBind, Listener, RawBind, RawListener, SocketFile, Transport};
+use crate::locks::{lock, wait};
 use crate::mux::Muxer;
 use crate::tls::{self, AutoMtls};
 use crate::{controller, health, stdio, watchdog};
@@ -581,20 +582,20 @@ impl ShutdownHandle {
     /// Asks the server to stop. Idempotent; returns at once.
     pub fn shutdown(&self) {
         let (requested, changed) = &*self.state;
-        *requested.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        *lock(requested) = true;
         changed.notify_all();
     }
 
     /// Whether a shutdown was asked for.
     pub fn is_shutdown(&self) -> bool {
-        *self.state.0.lock().unwrap_or_else(PoisonError::into_inner)
+        *lock(&self.state.0)
     }
 
     fn wait(&self) {
         let (requested, changed) = &*self.state;
-        let mut done = requested.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut done = lock(requested);
         while !*done {
-            done = changed.wait(done).unwrap_or_else(PoisonError::into_inner);
+            done = wait(changed, done);
         }
     }
 }

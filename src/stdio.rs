@@ -18,7 +18,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use futures::{SinkExt, StreamExt};
 use grpcio::{RpcContext, ServerStreamingSink, WriteFlags};
 use protobuf::well_known_types::Empty;
 
+use crate::locks::lock;
 use crate::logging;
 use crate::proto::plugin::{GrpcStdio, StdioData, StdioData_Channel, create_grpc_stdio};
 
@@ -48,10 +49,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn forward(&self, channel: StdioData_Channel, data: &[u8], real_stderr: Option<RawFd>) {
-        let mut subscriber = self
-            .subscriber
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut subscriber = lock(&self.subscriber);
         if let Some(sender) = subscriber.as_mut() {
             let mut chunk = StdioData::new();
             chunk.set_channel(channel);
@@ -74,11 +72,7 @@ impl Shared {
     /// handed to the subscriber, so that it goes out before the plugin stops.
     pub(crate) fn flush(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
-        let pipes = self
-            .pipes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let pipes = lock(&self.pipes).clone();
         while Instant::now() < deadline {
             let pending = pipes.iter().any(|&fd| unread_bytes(fd) > 0);
             if !pending && self.in_hand.load(Ordering::Acquire) == 0 {
@@ -89,10 +83,7 @@ impl Shared {
     }
 
     pub(crate) fn end_streams(&self) {
-        *self
-            .subscriber
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
+        *lock(&self.subscriber) = None;
     }
 }
 
@@ -111,11 +102,7 @@ impl GrpcStdio for StdioService {
         let (sender, receiver) = mpsc::channel(QUEUE);
         // One subscriber at a time, as data is consumed once: a newer call
         // replaces (and so ends) an older one.
-        *self
-            .shared
-            .subscriber
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(sender);
+        *lock(&self.shared.subscriber) = Some(sender);
         ctx.spawn(async move {
             let mut chunks = receiver.map(|chunk| Ok((chunk, WriteFlags::default())));
             if sink.send_all(&mut chunks).await.is_ok() {
@@ -156,8 +143,7 @@ impl Capture {
             return Err(err);
         }
         drop((out_write, err_write));
-        *shared.pipes.lock().unwrap_or_else(PoisonError::into_inner) =
-            vec![out_read.as_raw_fd(), err_read.as_raw_fd()];
+        *lock(&shared.pipes) = vec![out_read.as_raw_fd(), err_read.as_raw_fd()];
         let (done, readers_done) = std::sync::mpsc::channel();
         reader(
             Arc::clone(&shared),
@@ -201,11 +187,7 @@ impl Capture {
                 break;
             }
         }
-        self.shared
-            .pipes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        lock(&self.shared.pipes).clear();
     }
 }
 
