@@ -483,9 +483,8 @@ impl Broker {
         let Some(muxer) = self.config().ok().and_then(|c| c.muxer.clone()) else {
             return self.acknowledge(id, "the plugin does not multiplex".to_string());
         };
-        if muxer.serves(id) {
-            let error = muxer.accept_knock(id, Duration::ZERO).err();
-            return self.acknowledge(id, error.unwrap_or_default());
+        if muxer.accept_knock(id, Duration::ZERO).is_ok() {
+            return self.acknowledge(id, String::new());
         }
         let broker = self.clone();
         let waiting = thread::Builder::new()

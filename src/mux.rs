@@ -139,17 +139,25 @@ impl Stream {
 impl Session {
     /// Runs the server side of a session on `conn`. Streams the host opens
     /// are bridged to what `router` connects; `on_close` runs once when the
-    /// session ends (the host closed the connection, or [`close`](Self::close)).
+    /// session ends (the host closed the connection, or [`close`](Self::close)),
+    /// or at once when it cannot start.
     pub(crate) fn serve(
         conn: Conn,
         router: Box<Router>,
         on_close: Box<dyn FnOnce() + Send>,
     ) -> io::Result<Session> {
-        if let Conn::Tcp(stream) = &conn {
-            stream.set_nodelay(true)?;
+        let handles = match &conn {
+            Conn::Tcp(stream) => stream.set_nodelay(true),
+            Conn::Unix(_) => Ok(()),
         }
-        let reader = conn.try_clone()?;
-        let control = conn.try_clone()?;
+        .and_then(|()| Ok((conn.try_clone()?, conn.try_clone()?)));
+        let (reader, control) = match handles {
+            Ok(handles) => handles,
+            Err(err) => {
+                on_close();
+                return Err(err);
+            }
+        };
         let session = Session {
             shared: Arc::new(Shared {
                 writer: Mutex::new(conn),
@@ -162,7 +170,7 @@ impl Session {
             }),
         };
         let reading = session.clone();
-        thread::Builder::new()
+        let started = thread::Builder::new()
             .name("goplugin-mux".into())
             .spawn(move || {
                 if let Err(err) = reading.read_frames(reader)
@@ -171,7 +179,11 @@ impl Session {
                     log::warn!("multiplexed connection to the host failed: {err}");
                 }
                 reading.close();
-            })?;
+            });
+        if let Err(err) = started {
+            session.close();
+            return Err(err);
+        }
         Ok(session)
     }
 
@@ -594,25 +606,12 @@ impl Muxer {
         // cycle keeps the connection alive after both are dropped.
         let muxer = Arc::downgrade(&self);
         let router = Box::new(move || muxer.upgrade().map(|muxer| muxer.route()));
-        let on_close = Arc::new(Mutex::new(Some(on_close)));
-        let closing = Arc::clone(&on_close);
-        let once = Box::new(move || {
-            if let Some(on_close) = lock(&closing).take() {
-                on_close();
-            }
-        });
-        match Session::serve(conn, router, once) {
+        match Session::serve(conn, router, on_close) {
             // Set under `accepting`: a `close` from now on finds it.
             Ok(session) => {
                 let _ = self.session.set(session);
             }
-            Err(err) => {
-                log::error!("cannot serve the multiplexed connection: {err}");
-                drop(accepting);
-                if let Some(on_close) = lock(&on_close).take() {
-                    on_close();
-                }
-            }
+            Err(err) => log::error!("cannot serve the multiplexed connection: {err}"),
         }
     }
 
@@ -643,11 +642,6 @@ impl Muxer {
         .ok_or_else(|| format!("the plugin serves nothing on broker id {id}"))?;
         lock(&self.knocks).push_back(id);
         Ok(())
-    }
-
-    /// Whether `id` is served already.
-    pub(crate) fn serves(&self, id: u32) -> bool {
-        lock(&self.brokered).contains_key(&id)
     }
 
     fn route(&self) -> Listener {
