@@ -13,7 +13,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use grpcio::{RpcStatus, RpcStatusCode, UnarySink};
+use grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
@@ -142,16 +142,47 @@ impl BlockingPool {
                     "the plugin's handler panicked; see the plugin's log".to_string(),
                 ))
             });
-            // The call may already be gone (cancelled by the host or by
-            // shutdown); there is nobody left to tell.
-            let _ = futures::executor::block_on(async move {
-                match result {
-                    Ok(resp) => sink.success(resp).await,
-                    Err(status) => sink.fail(status).await,
-                }
-            });
+            futures::executor::block_on(send(sink, result));
         });
     }
+}
+
+/// Answers a unary call from the handler itself, on gRPC's thread: `Ok` as
+/// the response, `Err` as the call's status. For handlers that do not
+/// block; blocking ones use [`BlockingPool::unary`].
+///
+/// ```no_run
+/// use goplugin::grpcio::{RpcContext, UnarySink};
+/// use goplugin::proto::kv::{GetRequest, GetResponse, Kv};
+///
+/// #[derive(Clone)]
+/// struct Fixed;
+///
+/// impl Kv for Fixed {
+///     fn get(&mut self, ctx: RpcContext, _req: GetRequest, sink: UnarySink<GetResponse>) {
+///         let mut resp = GetResponse::new();
+///         resp.set_value(b"always this".to_vec());
+///         goplugin::answer(&ctx, sink, Ok(resp));
+///     }
+/// }
+/// ```
+pub fn answer<T: Send + 'static>(
+    ctx: &RpcContext<'_>,
+    sink: UnarySink<T>,
+    result: Result<T, RpcStatus>,
+) {
+    // gRPC cancels a call whose sink future is dropped before delivery
+    // completes, so the future is spawned, not dropped.
+    ctx.spawn(send(sink, result));
+}
+
+/// Sends `result` on `sink`. The call may already be gone (cancelled by the
+/// host or by shutdown); there is nobody left to tell.
+async fn send<T>(sink: UnarySink<T>, result: Result<T, RpcStatus>) {
+    let _ = match result {
+        Ok(resp) => sink.success(resp).await,
+        Err(status) => sink.fail(status).await,
+    };
 }
 
 #[cfg(test)]

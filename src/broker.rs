@@ -242,11 +242,11 @@ impl Broker {
     /// keeping an idle one for later.
     pub fn dial(&self, id: u32) -> Result<grpcio::Channel> {
         let config = self.config()?;
-        let Some(_) = &config.muxer else {
+        let Some(muxer) = &config.muxer else {
             return Ok(self.channel(config, &self.announced_target(id)?));
         };
         let failure = Arc::new(Mutex::new(None));
-        let listener = self.bridge(id, config, Arc::clone(&failure))?;
+        let listener = self.bridge(id, config, Arc::clone(muxer), Arc::clone(&failure))?;
         let channel = self.channel(config, &listener.dial_target());
         // Connect now, so that an id the host does not serve fails here, as
         // it does without multiplexing, rather than at the first call.
@@ -314,6 +314,7 @@ impl Broker {
         &self,
         id: u32,
         config: &Config,
+        muxer: Arc<Muxer>,
         failure: Arc<Mutex<Option<String>>>,
     ) -> Result<Listener> {
         let mut binder = RawBind::default();
@@ -331,7 +332,7 @@ impl Broker {
         thread::Builder::new()
             .name("goplugin-broker-dial".into())
             .spawn(move || {
-                broker.run_bridge(id, raw, &failure);
+                broker.run_bridge(id, raw, &muxer, &failure);
                 lock(&broker.inner.bridge_sockets).remove(&bridge);
             })
             .map_err(|err| Error::Broker {
@@ -342,7 +343,13 @@ impl Broker {
 
     /// Takes the dial listener's connections until the broker closes or
     /// the listener has been idle for [`BRIDGE_IDLE`].
-    fn run_bridge(&self, id: u32, raw: RawListener, failure: &Mutex<Option<String>>) {
+    fn run_bridge(
+        &self,
+        id: u32,
+        raw: RawListener,
+        muxer: &Muxer,
+        failure: &Mutex<Option<String>>,
+    ) {
         let active = Arc::new(AtomicUsize::new(0));
         let mut idle_since = Instant::now();
         while !self.inner.closed.load(Ordering::Relaxed) {
@@ -361,11 +368,7 @@ impl Broker {
                 continue;
             }
             let Ok(local) = raw.accept() else { continue };
-            let session = self
-                .config()
-                .ok()
-                .and_then(|c| c.muxer.as_ref()?.session().cloned());
-            let Some(session) = session else {
+            let Some(session) = muxer.session().cloned() else {
                 *lock(failure) = Some("the host has not connected".to_string());
                 continue;
             };

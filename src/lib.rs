@@ -125,7 +125,7 @@ mod stdio;
 mod tls;
 mod watchdog;
 
-pub use blocking::BlockingPool;
+pub use blocking::{BlockingPool, answer};
 pub use broker::Broker;
 pub use env::PluginEnv;
 pub use error::{Error, Result};

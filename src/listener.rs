@@ -176,15 +176,11 @@ impl Conn {
     /// Writes what the socket takes without blocking: the count, 0 when
     /// it is full (or an error the next blocking write will report).
     pub(crate) fn try_send(&self, buf: &[u8]) -> io::Result<usize> {
-        let fd = match self {
-            Conn::Unix(s) => s.as_raw_fd(),
-            Conn::Tcp(s) => s.as_raw_fd(),
-        };
-        // SAFETY: `buf` is valid for `buf.len()` bytes; `fd` is this
-        // socket's, open while `self` lives.
+        // SAFETY: `buf` is valid for `buf.len()` bytes; the descriptor is
+        // this socket's, open while `self` lives.
         let n = unsafe {
             libc::send(
-                fd,
+                self.as_raw_fd(),
                 buf.as_ptr().cast(),
                 buf.len(),
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
@@ -206,6 +202,15 @@ impl Conn {
             Conn::Unix(s) => s.shutdown(how),
             Conn::Tcp(s) => s.shutdown(how),
         };
+    }
+}
+
+impl AsRawFd for Conn {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Conn::Unix(s) => s.as_raw_fd(),
+            Conn::Tcp(s) => s.as_raw_fd(),
+        }
     }
 }
 

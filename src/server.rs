@@ -306,9 +306,8 @@ impl PluginServerBuilder {
             let (local, local_socket) = listener::bind_local(&mut binder, &env)?;
             let mut raw = RawBind::default();
             let (public, public_socket) = listener::bind(&mut raw, self.transport, &env)?;
-            let muxer = Muxer::new(local);
             let mux = raw.0.map(|public| Mux {
-                muxer: Arc::clone(&muxer),
+                muxer: Muxer::new(local),
                 public: Some(public),
                 _server_socket: local_socket,
             });

@@ -138,12 +138,7 @@ impl Counter for CounterService {
             )),
             Err(status) => Err(status),
         };
-        ctx.spawn(async move {
-            let _ = match answer {
-                Ok(resp) => sink.success(resp).await,
-                Err(status) => sink.fail(status).await,
-            };
-        });
+        goplugin::answer(&ctx, sink, answer);
     }
 }
 
@@ -182,12 +177,7 @@ impl AddHelper for PluginAdder {
                 format!("{} + {} overflows an i64", req.get_a(), req.get_b()),
             )),
         };
-        ctx.spawn(async move {
-            let _ = match answer {
-                Ok(resp) => sink.success(resp).await,
-                Err(status) => sink.fail(status).await,
-            };
-        });
+        goplugin::answer(&ctx, sink, answer);
     }
 }
 

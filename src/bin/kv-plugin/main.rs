@@ -61,13 +61,7 @@ impl Kv for KvService {
             resp.set_value(value);
             resp
         });
-        ctx.spawn(async move {
-            // The host may be gone; there is nobody left to tell.
-            let _ = match answer {
-                Ok(resp) => sink.success(resp).await,
-                Err(status) => sink.fail(status).await,
-            };
-        });
+        goplugin::answer(&ctx, sink, answer);
     }
 
     /// Writes wait for the disk (fsync): they go to the pool, so that they
