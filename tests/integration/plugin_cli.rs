@@ -1,5 +1,6 @@
-//! `kv-plugin` run directly, the way a host would, without a host in the
-//! way: the environment rules, the stdout discipline, signals and shutdown.
+//! `kv-plugin` (and `counter-plugin`) run directly, the way a host would,
+//! without a host in the way: the environment rules, the stdout discipline,
+//! signals and shutdown.
 
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -281,4 +282,38 @@ fn a_closed_stdout_is_an_error_not_a_panic() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// `counter-plugin` keeps the same stdout discipline: go-plugin's message
+/// and exit 1 without the cookie, nothing on stdout; with it, the
+/// handshake line and nothing after it.
+#[test]
+fn counter_plugin_prints_only_the_handshake_line() {
+    let dir = tempdir();
+    let counter = |env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_counter-plugin"));
+        command
+            .current_dir(dir.path())
+            .env_clear()
+            .envs(env.iter().copied());
+        command
+    };
+    let out = run(counter(&[]));
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert_eq!(out.stdout_str(), "", "stdout must stay empty");
+    assert_eq!(out.stderr, NOT_A_PLUGIN);
+
+    let running = Running::spawn(counter(&[COOKIE, ("PLUGIN_PROTOCOL_VERSIONS", "1")]), false);
+    let line = running.line.clone();
+    assert!(
+        line.starts_with("1|1|unix|/") && line.ends_with("|grpc\n"),
+        "{line:?}"
+    );
+    let Output {
+        status,
+        stdout: rest,
+        ..
+    } = running.shutdown();
+    assert!(status.success(), "{status}");
+    assert!(rest.is_empty(), "stdout after the handshake: {rest:?}");
 }
