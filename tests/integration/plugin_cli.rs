@@ -317,3 +317,35 @@ fn counter_plugin_prints_only_the_handshake_line() {
     assert!(status.success(), "{status}");
     assert!(rest.is_empty(), "stdout after the handshake: {rest:?}");
 }
+
+/// The `static-libs` feature (build.rs): OpenSSL and libstdc++ are linked in
+/// and the binaries are not position-independent, so a plugin starts
+/// without resolving thousands of symbols or relocating itself.
+#[test]
+fn the_plugins_link_openssl_and_libstdcxx_statically_and_are_not_pie() {
+    for binary in [
+        env!("CARGO_BIN_EXE_kv-plugin"),
+        env!("CARGO_BIN_EXE_counter-plugin"),
+    ] {
+        let header = std::fs::read(binary).unwrap();
+        // ELF e_type, little endian: 2 = ET_EXEC, 3 = ET_DYN (PIE).
+        assert_eq!(
+            u16::from_le_bytes([header[16], header[17]]),
+            2,
+            "{binary} is ET_EXEC"
+        );
+        let out = std::process::Command::new("ldd")
+            .arg(binary)
+            .output()
+            .unwrap();
+        let needed = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "ldd {binary}: {needed}");
+        for library in ["libssl", "libcrypto", "libstdc++"] {
+            assert!(
+                !needed.contains(library),
+                "{binary} needs {library}:\n{needed}"
+            );
+        }
+        assert!(needed.contains("libc.so"), "{needed}");
+    }
+}
