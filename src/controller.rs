@@ -1,9 +1,11 @@
 //! `plugin.GRPCController`: how a go-plugin host stops its plugin.
 //!
-//! The host's `Kill()` calls `Shutdown`, ignores the answer, and waits 2 s
-//! for the process to exit before it sends SIGKILL. The plugin answers first,
-//! then stops serving, so the host sees a clean call and a prompt exit.
-//! Mirrors go-plugin's `grpc_controller.go`.
+//! The host's `Kill()` calls `Shutdown`, ignores the answer, closes its
+//! connection and waits 2 s for the process to exit before it sends SIGKILL.
+//! The plugin answers first, then stops serving without a grace period
+//! (calls still in progress have lost their caller with that connection),
+//! so the host sees a clean call and a prompt exit. Mirrors go-plugin's
+//! `grpc_controller.go`, whose `Shutdown` calls the gRPC server's `Stop()`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +33,10 @@ impl GrpcController for Controller {
         self.stdio.flush(STDIO_FLUSH);
         let handle = self.shutdown.clone();
         // Stop only once the answer is on its way (or the call is gone).
-        ctx.spawn(sink.success(Empty::new()).map(move |_| handle.shutdown()));
+        ctx.spawn(
+            sink.success(Empty::new())
+                .map(move |_| handle.shutdown_now()),
+        );
     }
 }
 

@@ -1,10 +1,14 @@
-//! Locks that outlive a panic, and deadline waits on them.
+//! Locks that outlive a panic, and deadline waits on them and on futures.
 //!
 //! A handler that panics while holding one of the plugin's locks must not
 //! take the plugin down with it: every lock here is taken past poisoning
 //! (the data they guard stays consistent between statements).
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
 use std::time::Instant;
 
 /// Locks `mutex`, poisoned or not.
@@ -38,5 +42,31 @@ pub(crate) fn wait_for<S, T>(
             .wait_timeout(guard, left)
             .unwrap_or_else(PoisonError::into_inner)
             .0;
+    }
+}
+
+/// Runs `future` to completion on this thread, or gives up at `deadline`:
+/// then `None` (the future is dropped). No thread is started.
+pub(crate) fn block_on_until<F: Future>(future: F, deadline: Instant) -> Option<F::Output> {
+    struct Unpark(Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(thread::current())));
+    let mut context = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return Some(output);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        // A wake between the poll and here leaves the token set: no wake
+        // is lost, and a spurious return only polls once more.
+        thread::park_timeout(left);
     }
 }

@@ -5,10 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{self, Write};
-use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use grpcio::{EnvBuilder, Environment, ServerBuilder};
 use grpcio_health::HealthService;
@@ -18,7 +16,7 @@ use crate::env::PluginEnv;
 use crate::error::{Error, Result};
 use crate::handshake::{HandshakeConfig, HandshakeLine, negotiate_version};
 use crate::listener::{self, GrpcBind, Listener, RawBind, RawListener, SocketFile, Transport};
-use crate::locks::{lock, wait};
+use crate::locks::{block_on_until, lock, wait};
 use crate::mux::Muxer;
 use crate::tls::{self, AutoMtls};
 use crate::{controller, health, stdio, watchdog};
@@ -243,9 +241,11 @@ impl PluginServerBuilder {
         self
     }
 
-    /// How long a shutdown waits for calls in progress before cancelling
-    /// them. Default: 500 ms, well inside the 2 s a go-plugin host waits for
-    /// the process to exit before it kills it.
+    /// How long a shutdown asked for with a [`ShutdownHandle`] waits for
+    /// calls in progress before cancelling them. Default: 500 ms, well
+    /// inside the 2 s a go-plugin host waits for the process to exit before
+    /// it kills it. The host's own `Shutdown` (its `Kill()`) and a host
+    /// that is gone cancel at once: nobody is left to read those answers.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
         self
@@ -499,10 +499,12 @@ impl PluginServer {
         if let Some(mux) = &mut self.mux {
             let stop = self.shutdown.clone();
             let public = mux.public.take();
-            let started =
-                public.map(|public| mux.muxer.start(public, Box::new(move || stop.shutdown())));
+            let started = public.map(|public| {
+                mux.muxer
+                    .start(public, Box::new(move || stop.shutdown_now()))
+            });
             if let Some(Err(err)) = started {
-                self.stop();
+                self.stop(Stop::Now);
                 return Err(Error::Broker {
                     reason: format!("cannot wait for the multiplexed connection: {err}"),
                 });
@@ -514,7 +516,7 @@ impl PluginServer {
             .write_all(line.as_bytes())
             .and_then(|()| self.output.flush());
         if let Err(err) = written {
-            self.stop();
+            self.stop(Stop::Now);
             return Err(Error::Handshake(err));
         }
         // Only now, as go-plugin does: the handshake went to the real stdout.
@@ -529,33 +531,34 @@ impl PluginServer {
             let fds = capture.as_ref().map_or([1, 2], stdio::Capture::real_fds);
             watchdog::watch(fds, self.shutdown.clone());
         }
-        self.shutdown.wait();
+        let how = self.shutdown.wait();
         if let Some(capture) = capture {
             capture.finish();
         }
-        self.stop();
+        self.stop(how);
         Ok(())
     }
 
-    /// Stops the server: no new calls, calls in progress get the grace
-    /// period, then whatever is left (streams included) is cancelled.
-    fn stop(&mut self) {
+    /// Stops the server: no new calls; calls in progress get the grace
+    /// period when `how` allows it, then whatever is left (streams
+    /// included) is cancelled.
+    fn stop(&mut self, how: Stop) {
         self.broker.shutdown();
         self.stdio.end_streams();
         self.health.shutdown();
-        let shutdown = self.server.shutdown();
-        let (done, finished) = mpsc::channel();
-        let waiter = thread::Builder::new()
-            .name("goplugin-shutdown".into())
-            .spawn(move || {
-                let _ = futures::executor::block_on(shutdown);
-                let _ = done.send(());
-            });
-        if waiter.is_err() || finished.recv_timeout(self.shutdown_grace).is_err() {
+        let mut shutdown = self.server.shutdown();
+        let finished = match how {
+            Stop::Graceful => {
+                block_on_until(&mut shutdown, Instant::now() + self.shutdown_grace).is_some()
+            }
+            Stop::Now => false,
+        };
+        if !finished {
             self.server.cancel_all_calls();
+            // Once cancelled, gRPC completes the shutdown within about a
+            // millisecond.
+            let _ = block_on_until(shutdown, Instant::now() + Duration::from_secs(1));
         }
-        // Once cancelled, gRPC completes the shutdown in about a millisecond.
-        let _ = finished.recv_timeout(Duration::from_secs(1));
         // The host's multiplexed connection goes last: the controller's
         // answer travels on it.
         if let Some(mux) = self.mux.take() {
@@ -570,7 +573,19 @@ impl PluginServer {
 /// thread. Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct ShutdownHandle {
-    state: Arc<(Mutex<bool>, Condvar)>,
+    state: Arc<(Mutex<Option<Stop>>, Condvar)>,
+}
+
+/// How a stop was asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Calls in progress get the grace period.
+    Graceful,
+    /// The host is gone or has said it is done with the plugin (its
+    /// `Kill()` closes the connection as soon as `Shutdown` is answered):
+    /// nobody waits for the answers of calls still in progress, so they are
+    /// cancelled at once, as go-plugin's own `Shutdown` does with `Stop()`.
+    Now,
 }
 
 impl ShutdownHandle {
@@ -578,23 +593,41 @@ impl ShutdownHandle {
         ShutdownHandle::default()
     }
 
-    /// Asks the server to stop. Idempotent; returns at once.
+    /// Asks the server to stop; calls in progress get the grace period
+    /// ([`PluginServerBuilder::shutdown_grace`]). Idempotent; returns at
+    /// once.
     pub fn shutdown(&self) {
+        self.stop(Stop::Graceful);
+    }
+
+    /// Asks the server to stop without a grace period (see [`Stop::Now`]).
+    pub(crate) fn shutdown_now(&self) {
+        self.stop(Stop::Now);
+    }
+
+    fn stop(&self, how: Stop) {
         let (requested, changed) = &*self.state;
-        *lock(requested) = true;
+        let mut requested = lock(requested);
+        // A stop without grace wins over a graceful one not yet carried out.
+        if *requested != Some(Stop::Now) {
+            *requested = Some(how);
+        }
         changed.notify_all();
     }
 
     /// Whether a shutdown was asked for.
     pub fn is_shutdown(&self) -> bool {
-        *lock(&self.state.0)
+        lock(&self.state.0).is_some()
     }
 
-    fn wait(&self) {
+    fn wait(&self) -> Stop {
         let (requested, changed) = &*self.state;
-        let mut done = lock(requested);
-        while !*done {
-            done = wait(changed, done);
+        let mut requested = lock(requested);
+        loop {
+            if let Some(how) = *requested {
+                return how;
+            }
+            requested = wait(changed, requested);
         }
     }
 }

@@ -34,7 +34,7 @@ pub(crate) fn watch(fds: [RawFd; 2], shutdown: ShutdownHandle) {
             while !watcher.is_shutdown() {
                 if let Some(why) = host_gone(fds, parent) {
                     log::warn!("{why}: the host is gone; shutting down");
-                    watcher.shutdown();
+                    watcher.shutdown_now();
                     return;
                 }
             }

@@ -182,6 +182,113 @@ fn a_shutdown_handle_stops_serve_promptly() {
     assert!(stop.is_shutdown());
 }
 
+/// Each Get starts, says so on `started`, then blocks until the test sends
+/// on the `release` channel it was given.
+#[derive(Clone)]
+struct Held {
+    pool: BlockingPool,
+    started: std::sync::mpsc::SyncSender<()>,
+    release: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl Kv for Held {
+    fn get(&mut self, _: RpcContext<'_>, _: GetRequest, sink: UnarySink<GetResponse>) {
+        let (started, release) = (self.started.clone(), Arc::clone(&self.release));
+        self.pool.unary(sink, move || {
+            let _ = started.send(());
+            let _ = release.lock().unwrap().recv();
+            let mut resp = GetResponse::new();
+            resp.set_value(b"finished".to_vec());
+            Ok(resp)
+        });
+    }
+}
+
+/// A server whose Gets are [`Held`], with a 30 s grace; returns it with
+/// the `started` and `release` ends.
+fn held_server(
+    out: &Captured,
+) -> (
+    PluginServer,
+    std::sync::mpsc::Receiver<()>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (started, started_rx) = std::sync::mpsc::sync_channel(1);
+    let (release_tx, release) = std::sync::mpsc::channel();
+    let service = Held {
+        pool: BlockingPool::new(2),
+        started,
+        release: Arc::new(Mutex::new(release)),
+    };
+    let server = builder()
+        .service(create_kv(service))
+        .shutdown_grace(Duration::from_secs(30))
+        .env(env("1"))
+        .handshake_output(out.clone())
+        .build()
+        .unwrap();
+    (server, started_rx, release_tx)
+}
+
+#[test]
+fn a_shutdown_handle_lets_a_call_in_progress_finish() {
+    let out = Captured::default();
+    let (server, started, release) = held_server(&out);
+    let stop = server.shutdown_handle();
+    let kv = client(&server.listener().dial_target());
+    let (_, serving) = serve(server, &out);
+    let call = thread::spawn(move || get(&kv, "k"));
+    started.recv().unwrap();
+
+    stop.shutdown();
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        !serving.is_finished(),
+        "serve waits for the call in progress"
+    );
+    release.send(()).unwrap();
+    assert_eq!(
+        call.join().unwrap().expect("the call completes"),
+        b"finished"
+    );
+    serving.join().unwrap().expect("serve returns Ok");
+}
+
+#[test]
+fn the_hosts_shutdown_cancels_calls_in_progress_at_once() {
+    use goplugin::proto::plugin::{Empty as ControllerEmpty, GrpcControllerClient};
+
+    let out = Captured::default();
+    let (server, started, release) = held_server(&out);
+    let target = server.listener().dial_target();
+    let kv = client(&target);
+    let (_, serving) = serve(server, &out);
+    let call = thread::spawn(move || get(&kv, "k"));
+    started.recv().unwrap();
+
+    // What a go-plugin host's Kill() sends; the held call has no grace
+    // (30 s), so serve returns while it is still blocked.
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    let controller = GrpcControllerClient::new(ChannelBuilder::new(env).connect(&target));
+    controller
+        .shutdown(&ControllerEmpty::new())
+        .expect("Shutdown is answered");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !serving.is_finished() && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(serving.is_finished(), "serve returned without the grace");
+    serving.join().unwrap().expect("serve returns Ok");
+    match call.join().unwrap() {
+        Err(goplugin::grpcio::Error::RpcFailure(status)) => {
+            // gRPC's cancel-all answers UNAVAILABLE, as Go's Stop() does.
+            assert_eq!(status.code(), RpcStatusCode::UNAVAILABLE, "{status:?}")
+        }
+        other => panic!("want UNAVAILABLE, got {other:?}"),
+    }
+    release.send(()).unwrap();
+}
+
 /// Each Get blocks until `parties` Gets are running at once: the calls can
 /// only complete if the plugin runs them concurrently, although they share
 /// the host's single connection (and so one completion-queue thread).
