@@ -187,8 +187,7 @@ impl Broker {
     /// is bridged to it.
     pub fn accept_and_serve(&self, id: u32, services: Vec<grpcio::Service>) -> Result<Listener> {
         let config = self.config()?;
-        let mut builder = grpcio::ServerBuilder::new(Arc::clone(&config.grpc_env))
-            .channel_args(server_args(&config.grpc_env, config.max_message_size).build_args());
+        let mut builder = crate::server::grpc_server(&config.grpc_env, config.max_message_size);
         for service in services {
             builder = builder.register_service(service);
         }
@@ -511,24 +510,6 @@ impl Broker {
         info.set_knock(knock);
         let _ = self.announce(info);
     }
-}
-
-/// The channel arguments of every gRPC server of the plugin, main and
-/// brokered (`build_args()` of what this returns).
-pub(crate) fn server_args(
-    grpc_env: &Arc<Environment>,
-    max_message_size: Option<usize>,
-) -> ChannelBuilder {
-    // gRPC sets SO_REUSEPORT by default: then a "successful" bind could
-    // share a port with another process.
-    let mut channel = ChannelBuilder::new(Arc::clone(grpc_env)).reuse_port(false);
-    if let Some(bytes) = max_message_size {
-        let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
-        channel = channel
-            .max_receive_message_len(bytes)
-            .max_send_message_len(bytes);
-    }
-    channel
 }
 
 #[derive(Clone)]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use grpcio::{EnvBuilder, Environment, ServerBuilder};
+use grpcio::{ChannelBuilder, EnvBuilder, Environment, ServerBuilder};
 use grpcio_health::HealthService;
 
 use crate::broker::{self, Broker};
@@ -282,12 +282,10 @@ impl PluginServerBuilder {
                 .name_prefix("goplugin-grpc")
                 .build(),
         );
-        let args = broker::server_args(&grpc_env, self.max_message_size).build_args();
         let shutdown = ShutdownHandle::new();
         let stdio = Arc::new(stdio::Shared::default());
         let (health_service, health) = health::service();
-        let mut builder = ServerBuilder::new(Arc::clone(&grpc_env))
-            .channel_args(args)
+        let mut builder = grpc_server(&grpc_env, self.max_message_size)
             .register_service(health_service)
             .register_service(controller::service(shutdown.clone(), Arc::clone(&stdio)))
             .register_service(stdio::service(Arc::clone(&stdio)))
@@ -381,6 +379,33 @@ impl PluginServerBuilder {
         }
         version
     }
+}
+
+/// Calls a gRPC server has asked for ahead of their arrival. grpcio asks
+/// for 1024 by default, which costs a millisecond before the handshake and
+/// another when they are cancelled at shutdown; a go-plugin host has a few
+/// calls in flight at once, and a call beyond the slots waits in gRPC's
+/// queue for the next one, it is not refused.
+const REQUEST_SLOTS: usize = 64;
+
+/// A builder for every gRPC server of the plugin, main and brokered: the
+/// same channel arguments and request slots.
+pub(crate) fn grpc_server(
+    grpc_env: &Arc<Environment>,
+    max_message_size: Option<usize>,
+) -> ServerBuilder {
+    // gRPC sets SO_REUSEPORT by default: then a "successful" bind could
+    // share a port with another process.
+    let mut args = ChannelBuilder::new(Arc::clone(grpc_env)).reuse_port(false);
+    if let Some(bytes) = max_message_size {
+        let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
+        args = args
+            .max_receive_message_len(bytes)
+            .max_send_message_len(bytes);
+    }
+    ServerBuilder::new(Arc::clone(grpc_env))
+        .channel_args(args.build_args())
+        .requests_slot_per_cq(REQUEST_SLOTS)
 }
 
 /// A plugin server that is bound and ready to announce itself.
