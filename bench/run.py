@@ -3,8 +3,10 @@ go-plugin host (the current release), interleaved run by run.
 
 Usage: run.py [--runs N] [--calls N] [--out DIR]
 
-Each run measures every plugin once, in turn (A B C D A B C D ...), so
-machine drift hits all alike. Per plugin and run the host's `bench` command
+Each run measures every plugin once, in turn, starting one further each
+run (A B C, B C A, C A B, ...), so machine drift and position effects hit
+all alike. The host starts each plugin directly, without a shell, as
+Terraform, Vault and Packer do. Per plugin and run the host's `bench` command
 reports start-up, latency, throughput at 1/4/16 callers, plugin CPU per
 call, RSS and Kill time; the driver adds the whole `kv put` CLI time. The
 driver also records how busy the machine was during each measurement
@@ -66,9 +68,14 @@ def own_ticks():
 
 
 def measure(name, command, extra_env, calls, workdir):
-    env = dict(os.environ, KV_PLUGIN=command, **extra_env)
+    # Started without a shell in between, as Terraform, Vault and Packer do.
+    env = dict(os.environ, KV_PLUGIN=command, KV_HOST_DIRECT="1", **extra_env)
     for key in ("BASIC_PLUGIN", "PLUGIN_CLIENT_CERT"):
         env.pop(key, None)
+    # The previous plugin's unsynced writes (the Go and Python plugins do not
+    # fsync) would otherwise be flushed during this start-up: the journal
+    # commit stalls the unix socket's creation (measured: up to 140 ms).
+    os.sync()
     busy0, own0, wall0 = machine_ticks(), own_ticks(), time.monotonic()
     out = subprocess.run([HOST, "bench", str(calls)], cwd=workdir, env=env,
                          capture_output=True, text=True, timeout=600)
@@ -76,6 +83,7 @@ def measure(name, command, extra_env, calls, workdir):
         sys.exit(f"{name}: bench failed: {out.stdout}{out.stderr[-2000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     cli = []
+    os.sync()
     for i in range(5):
         t = time.monotonic()
         subprocess.run([HOST, "put", "cli", str(i)], cwd=workdir, env=env,
@@ -123,7 +131,11 @@ def main():
     raw = {name: [] for name, _, _ in entries}
     with tempfile.TemporaryDirectory(prefix="goplugin-bench") as workdir:
         for run in range(args.runs):
-            for name, command, extra in entries:
+            # Each run starts with the next plugin (A B C, B C A, ...): a
+            # plugin measured right after another's teardown is not always
+            # the same one.
+            shift = run % len(entries)
+            for name, command, extra in entries[shift:] + entries[:shift]:
                 result = measure(name, command, extra, args.calls, workdir)
                 raw[name].append(result)
                 flag = " FOREIGN LOAD" if result["foreign_load"] > FOREIGN_LIMIT else ""
@@ -161,8 +173,10 @@ def write_markdown(report, path):
     s = report["summary"]
     names = list(s)
     lines = [
-        f"Medians of {report['runs']} interleaved runs, {report['calls_per_phase']} calls per phase, "
-        f"{report['date']}, {report['machine']['cpus']} CPUs. Ratio = figure ÷ Go plugin's figure "
+        f"Medians of {report['runs']} interleaved runs (the order rotated each run), "
+        f"{report['calls_per_phase']} calls per phase, {report['date']}, "
+        f"{report['machine']['cpus']} CPUs; the host starts each plugin without a shell. "
+        "Ratio = figure ÷ Go plugin's figure "
         "(for calls/s, higher is better; for everything else, lower is better).",
         "",
         "| metric | " + " | ".join(names) + " | " + " | ".join(f"{n} ÷ go" for n in names if n != "go") + " |",
