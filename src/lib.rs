@@ -104,6 +104,17 @@
 //!   owns shutdown.
 //! - The library returns errors and never exits the process; the binary
 //!   decides.
+//! - The host's `Shutdown` (its `Kill()`) and a vanished host stop the
+//!   server at once; a [`ShutdownHandle`] gives calls in progress
+//!   [`PluginServerBuilder::shutdown_grace`] first.
+//!
+//! # Features
+//!
+//! - `static-libs` (default): on Linux/glibc the final link takes OpenSSL
+//!   and libstdc++ from their static archives, and this package's own
+//!   binaries are linked non-PIE. A plugin starts in about half the time
+//!   and needs no `libssl3` at run time; it gets OpenSSL fixes only when
+//!   rebuilt (see the README's "Security").
 
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations)]
