@@ -328,7 +328,19 @@ impl Kv for Rendezvous {
 
 #[test]
 fn blocking_handlers_run_concurrently_on_one_connection() {
-    let parties = 8;
+    meet_on_one_connection(8);
+}
+
+/// More calls at once than the server asks gRPC for ahead of time (64):
+/// the ones beyond wait for a slot, none is refused or left hanging.
+#[test]
+fn more_calls_at_once_than_request_slots_all_run() {
+    meet_on_one_connection(80);
+}
+
+/// `parties` Gets that can only complete together, on one connection, then
+/// a panicking handler.
+fn meet_on_one_connection(parties: usize) {
     let out = Captured::default();
     let service = Rendezvous {
         pool: BlockingPool::new(parties),
