@@ -450,9 +450,7 @@ impl Broker {
         }
         let servers = std::mem::take(&mut *lock(&self.inner.servers));
         for (mut server, socket) in servers {
-            let stopped = server.shutdown();
-            server.cancel_all_calls();
-            let _ = futures::executor::block_on(stopped);
+            crate::server::stop_grpc_server(&mut server, Duration::ZERO);
             drop(socket);
         }
         // The bridges' threads notice within 200 ms; the files go now.

@@ -408,6 +408,21 @@ pub(crate) fn grpc_server(
         .requests_slot_per_cq(REQUEST_SLOTS)
 }
 
+/// Stops a gRPC server of the plugin, main or brokered: no new calls,
+/// calls in progress get up to `grace`, then the rest (streams included)
+/// are cancelled.
+pub(crate) fn stop_grpc_server(server: &mut grpcio::Server, grace: Duration) {
+    let mut shutdown = server.shutdown();
+    let finished =
+        !grace.is_zero() && block_on_until(&mut shutdown, Instant::now() + grace).is_some();
+    if !finished {
+        server.cancel_all_calls();
+        // Once cancelled, gRPC completes the shutdown within about a
+        // millisecond.
+        let _ = block_on_until(shutdown, Instant::now() + Duration::from_secs(1));
+    }
+}
+
 /// A plugin server that is bound and ready to announce itself.
 ///
 /// Inspect it ([`handshake_line`](Self::handshake_line),
@@ -573,19 +588,11 @@ impl PluginServer {
         self.broker.shutdown();
         self.stdio.end_streams();
         self.health.shutdown();
-        let mut shutdown = self.server.shutdown();
-        let finished = match how {
-            Stop::Graceful => {
-                block_on_until(&mut shutdown, Instant::now() + self.shutdown_grace).is_some()
-            }
-            Stop::Now => false,
+        let grace = match how {
+            Stop::Graceful => self.shutdown_grace,
+            Stop::Now => Duration::ZERO,
         };
-        if !finished {
-            self.server.cancel_all_calls();
-            // Once cancelled, gRPC completes the shutdown within about a
-            // millisecond.
-            let _ = block_on_until(shutdown, Instant::now() + Duration::from_secs(1));
-        }
+        stop_grpc_server(&mut self.server, grace);
         // The host's multiplexed connection goes last: the controller's
         // answer travels on it.
         if let Some(mux) = self.mux.take() {
