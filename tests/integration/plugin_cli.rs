@@ -22,6 +22,22 @@ const NOT_A_PLUGIN: &str = "This binary is a plugin. These are not meant to be e
                             Please execute the program that consumes these plugins, which will\n\
                             load any plugins automatically\n";
 
+/// Stops the plugin with the host's `Shutdown`: it must exit 0 having
+/// written nothing on stdout after the handshake line. `case` names the
+/// case in a failure.
+fn stop_cleanly(running: Running, case: &str) {
+    let Output {
+        status,
+        stdout: rest,
+        ..
+    } = running.shutdown();
+    assert!(status.success(), "{case}: {status}");
+    assert!(
+        rest.is_empty(),
+        "{case}: stdout after the handshake: {rest:?}"
+    );
+}
+
 /// Runs the plugin to completion (for the cases where it must refuse to start).
 fn run_plugin(plugin: Plugin, env: &[(&str, &str)]) -> Output {
     let dir = tempdir();
@@ -168,16 +184,7 @@ fn handshake_lines_follow_the_environment() {
         assert!(line.starts_with(prefix), "{env:?}: {line:?}");
         assert!(line.ends_with(suffix), "{env:?}: {line:?}");
         assert_eq!(line.matches('\n').count(), 1, "{env:?}: one line");
-        let Output {
-            status,
-            stdout: rest,
-            ..
-        } = running.shutdown();
-        assert!(status.success(), "{env:?}: {status}");
-        assert!(
-            rest.is_empty(),
-            "{env:?}: stdout after the handshake: {rest:?}"
-        );
+        stop_cleanly(running, &format!("{env:?}"));
     }
 }
 
@@ -228,13 +235,7 @@ fn serves_kv_health_and_stops_on_shutdown_with_nothing_more_on_stdout() {
         other => panic!("a key with '/' must be INVALID_ARGUMENT, got {other:?}"),
     }
 
-    let Output {
-        status,
-        stdout: rest,
-        ..
-    } = running.shutdown();
-    assert!(status.success(), "{status}");
-    assert!(rest.is_empty(), "stdout after the handshake: {rest:?}");
+    stop_cleanly(running, "");
 }
 
 #[test]
@@ -309,13 +310,7 @@ fn counter_plugin_prints_only_the_handshake_line() {
         line.starts_with("1|1|unix|/") && line.ends_with("|grpc\n"),
         "{line:?}"
     );
-    let Output {
-        status,
-        stdout: rest,
-        ..
-    } = running.shutdown();
-    assert!(status.success(), "{status}");
-    assert!(rest.is_empty(), "stdout after the handshake: {rest:?}");
+    stop_cleanly(running, "");
 }
 
 /// The `static-libs` feature (build.rs): OpenSSL and libstdc++ are linked in
