@@ -7,10 +7,10 @@
 //! [`BlockingPool`] runs that work on its own threads and answers the call
 //! from there.
 
+use std::collections::VecDeque;
+use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 
 use grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
@@ -20,9 +20,11 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 /// A pool of threads for blocking handler code.
 ///
 /// Threads are started on demand, up to the size given to
-/// [`BlockingPool::new`], so a plugin that is never called starts none. The
-/// pool is cheap to clone (clones share the threads) and its threads end
-/// once every clone is dropped and the queued work is done.
+/// [`BlockingPool::new`], so a plugin that is never called starts none.
+/// Below that size a job never waits for another one to finish: it gets an
+/// idle thread or a new one. The pool is cheap to clone (clones share the
+/// threads) and its threads end once every clone is dropped and the queued
+/// work is done.
 ///
 /// ```no_run
 /// use goplugin::BlockingPool;
@@ -47,80 +49,134 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 /// }
 /// # let _ = Store { pool: BlockingPool::new(4) };
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BlockingPool {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+impl fmt::Debug for BlockingPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockingPool")
+            .field("max_threads", &self.inner.max_threads)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the clones of one pool share; dropping it lets the workers end.
 struct Inner {
-    jobs: Sender<Job>,
-    queue: Arc<Mutex<Receiver<Job>>>,
+    shared: Arc<Shared>,
     max_threads: usize,
-    threads: AtomicUsize,
-    idle: Arc<AtomicUsize>,
+}
+
+/// What the workers share with the pool.
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when a job is queued or the pool is closed.
+    work: Condvar,
+}
+
+struct State {
+    jobs: VecDeque<Job>,
+    /// Worker threads started and not ended.
+    threads: usize,
+    /// Workers that will take a queued job without being asked: waiting,
+    /// about to wait, or starting.
+    idle: usize,
+    /// Every clone of the pool is gone: workers end once `jobs` is empty.
+    closed: bool,
+}
+
+impl Shared {
+    // The lock is never held while a job runs, so a panicking job cannot
+    // poison it; if it is poisoned anyway, the counts are still whole.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A worker's life: take jobs until the pool is closed and drained.
+    fn work(&self) {
+        let mut state = self.lock();
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                state.idle -= 1;
+                drop(state);
+                // A panicking job must not take the worker with it.
+                let _ = catch_unwind(AssertUnwindSafe(job));
+                state = self.lock();
+                state.idle += 1;
+            } else if state.closed {
+                state.idle -= 1;
+                state.threads -= 1;
+                return;
+            } else {
+                state = self
+                    .work
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.work.notify_all();
+    }
 }
 
 impl BlockingPool {
     /// A pool that runs at most `max_threads` jobs at once (at least one).
     pub fn new(max_threads: usize) -> BlockingPool {
-        let (jobs, queue) = mpsc::channel();
         BlockingPool {
             inner: Arc::new(Inner {
-                jobs,
-                queue: Arc::new(Mutex::new(queue)),
+                shared: Arc::new(Shared {
+                    state: Mutex::new(State {
+                        jobs: VecDeque::new(),
+                        threads: 0,
+                        idle: 0,
+                        closed: false,
+                    }),
+                    work: Condvar::new(),
+                }),
                 max_threads: max_threads.max(1),
-                threads: AtomicUsize::new(0),
-                idle: Arc::new(AtomicUsize::new(0)),
             }),
         }
     }
 
     /// Runs `job` on a pool thread.
     pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
-        let inner = &self.inner;
-        // The receiving half lives as long as any worker or this pool, so
-        // sending cannot fail while `self` exists.
-        let _ = inner.jobs.send(Box::new(job));
-        if inner.idle.load(Ordering::Acquire) == 0 {
+        let shared = &self.inner.shared;
+        let mut state = shared.lock();
+        state.jobs.push_back(Box::new(job));
+        let waiting = state.idle;
+        // Each idle worker takes one queued job; a job beyond them gets a
+        // new thread, so it never waits behind a busy one below the limit.
+        let start = state.jobs.len() > waiting && state.threads < self.inner.max_threads;
+        if start {
+            state.threads += 1;
+            state.idle += 1;
+        }
+        drop(state);
+        if waiting > 0 {
+            shared.work.notify_one();
+        }
+        if start {
             self.start_thread();
         }
     }
 
+    /// Starts a worker already counted in `threads` and `idle`.
     fn start_thread(&self) {
-        let inner = &self.inner;
-        let started = inner
-            .threads
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < inner.max_threads).then_some(n + 1)
-            });
-        let Ok(index) = started else {
-            return;
-        };
-        let queue = Arc::clone(&inner.queue);
-        let idle = Arc::clone(&inner.idle);
+        let shared = Arc::clone(&self.inner.shared);
         let spawned = thread::Builder::new()
-            .name(format!("goplugin-blocking-{index}"))
-            .spawn(move || {
-                loop {
-                    idle.fetch_add(1, Ordering::AcqRel);
-                    let job = match queue.lock() {
-                        Ok(queue) => queue.recv(),
-                        Err(poisoned) => poisoned.into_inner().recv(),
-                    };
-                    idle.fetch_sub(1, Ordering::AcqRel);
-                    match job {
-                        // A panicking job must not take the worker with it.
-                        Ok(job) => {
-                            let _ = catch_unwind(AssertUnwindSafe(job));
-                        }
-                        Err(_) => return,
-                    }
-                }
-            });
+            .name("goplugin-blocking".to_string())
+            .spawn(move || shared.work());
         if spawned.is_err() {
             // Out of threads: the work stays queued for the running workers.
-            inner.threads.fetch_sub(1, Ordering::AcqRel);
+            let mut state = self.inner.shared.lock();
+            state.threads -= 1;
+            state.idle -= 1;
         }
     }
 
@@ -210,7 +266,62 @@ mod tests {
                 .expect("four jobs run at once");
         }
         drop(guard);
-        assert!(pool.inner.threads.load(Ordering::Acquire) <= 4);
+        assert!(pool.inner.shared.lock().threads <= 4);
+    }
+
+    /// Jobs queued while a worker sits idle each get a worker of their own
+    /// (up to the limit): two jobs that can only finish together, sent back
+    /// to back while one worker is idle, both run.
+    #[test]
+    fn jobs_sent_to_one_idle_worker_do_not_wait_for_each_other() {
+        for round in 0..20 {
+            let pool = BlockingPool::new(2);
+            let (done, wait) = channel();
+            pool.spawn(move || done.send(()).unwrap());
+            wait.recv_timeout(Duration::from_secs(5)).unwrap();
+            thread::sleep(Duration::from_millis(5)); // the worker is idle again
+
+            let barrier = Arc::new(std::sync::Barrier::new(3));
+            for _ in 0..2 {
+                let barrier = Arc::clone(&barrier);
+                pool.spawn(move || {
+                    barrier.wait();
+                });
+            }
+            let (met, meeting) = channel();
+            let waiter = Arc::clone(&barrier);
+            thread::spawn(move || {
+                waiter.wait();
+                let _ = met.send(());
+            });
+            meeting
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|_| panic!("round {round}: the second job never ran"));
+        }
+    }
+
+    #[test]
+    fn threads_end_after_the_last_clone_is_dropped_and_the_work_is_done() {
+        let pool = BlockingPool::new(3);
+        let shared = Arc::clone(&pool.inner.shared);
+        let (done, wait) = channel();
+        for _ in 0..3 {
+            let done = done.clone();
+            pool.clone().spawn(move || {
+                thread::sleep(Duration::from_millis(20));
+                done.send(()).unwrap();
+            });
+        }
+        drop(pool);
+        for _ in 0..3 {
+            wait.recv_timeout(Duration::from_secs(5))
+                .expect("queued work runs after the pool is dropped");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while shared.lock().threads > 0 {
+            assert!(std::time::Instant::now() < deadline, "workers never ended");
+            thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
