@@ -202,7 +202,17 @@ impl Broker {
             None => listener::bind(&mut binder, config.transport, &config.env)?,
         };
         server.start();
-        lock(&self.inner.servers).push((server, socket));
+        {
+            // Checked under the lock `shutdown` takes the servers with: a
+            // server added after that would never be stopped.
+            let mut servers = lock(&self.inner.servers);
+            if self.inner.closed.load(Ordering::Relaxed) {
+                drop(servers);
+                crate::server::stop_grpc_server(&mut server, Duration::ZERO);
+                return Err(shutting_down());
+            }
+            servers.push((server, socket));
+        }
         match &config.muxer {
             Some(muxer) => muxer.register(id, listener.clone()),
             None => {
@@ -219,9 +229,7 @@ impl Broker {
     fn announce(&self, info: ConnInfo) -> Result<()> {
         let mut outgoing = lock(&self.inner.outgoing);
         if outgoing.closed {
-            return Err(Error::Broker {
-                reason: "the plugin is shutting down".into(),
-            });
+            return Err(shutting_down());
         }
         match &outgoing.stream {
             Some(stream) if stream.unbounded_send(info.clone()).is_ok() => {}
@@ -507,6 +515,12 @@ impl Broker {
         info.set_service_id(id);
         info.set_knock(knock);
         let _ = self.announce(info);
+    }
+}
+
+fn shutting_down() -> Error {
+    Error::Broker {
+        reason: "the plugin is shutting down".into(),
     }
 }
 

@@ -481,5 +481,17 @@ fn the_broker_dials_what_the_host_announces_and_announces_what_it_serves() {
         !std::path::Path::new(&brokered.address).exists(),
         "brokered socket removed at shutdown"
     );
+    // After the stop, serving more is refused and leaves no socket behind.
+    let late = broker.accept_and_serve(broker.next_id(), vec![create_kv(Fixed(b"late"))]);
+    match late {
+        Err(err) => assert!(err.to_string().contains("shutting down"), "{err}"),
+        Ok(listener) => panic!("served on {} after the stop", listener.address),
+    }
+    let sockets: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().starts_with("plugin"))
+        .collect();
+    assert!(sockets.is_empty(), "left behind: {sockets:?}");
     let _ = futures::executor::block_on(to_plugin.close());
 }
