@@ -31,8 +31,9 @@ pub(crate) fn watch(fds: [RawFd; 2], shutdown: ShutdownHandle) {
     let spawned = thread::Builder::new()
         .name("goplugin-watchdog".into())
         .spawn(move || {
+            let mut fds = fds;
             while !watcher.is_shutdown() {
-                if let Some(why) = host_gone(fds, parent) {
+                if let Some(why) = host_gone(&mut fds, parent) {
                     log::warn!("{why}: the host is gone; shutting down");
                     watcher.shutdown_now();
                     return;
@@ -44,15 +45,22 @@ pub(crate) fn watch(fds: [RawFd; 2], shutdown: ShutdownHandle) {
     }
 }
 
-/// Waits up to one interval and says why the host is gone, if it is.
-fn host_gone(fds: [RawFd; 2], parent: libc::pid_t) -> Option<&'static str> {
+/// Waits up to one interval and says why the host is gone, if it is. A
+/// descriptor that is not open is dropped from `fds` (set to -1, which
+/// `poll` skips): it would make every `poll` return at once.
+fn host_gone(fds: &mut [RawFd; 2], parent: libc::pid_t) -> Option<&'static str> {
     let mut polls = fds.map(|fd| libc::pollfd {
         fd,
         events: 0,
         revents: 0,
     });
-    // SAFETY: two valid pollfd entries.
+    // SAFETY: two pollfd entries; negative fds are ignored by poll.
     let ready = unsafe { libc::poll(polls.as_mut_ptr(), 2, INTERVAL_MS) };
+    for (fd, p) in fds.iter_mut().zip(&polls) {
+        if p.revents & libc::POLLNVAL != 0 {
+            *fd = -1;
+        }
+    }
     if ready > 0
         && polls
             .iter()
@@ -66,4 +74,29 @@ fn host_gone(fds: [RawFd; 2], parent: libc::pid_t) -> Option<&'static str> {
     }
     // SAFETY: getppid cannot fail.
     (unsafe { libc::getppid() } != parent).then_some("the process that started the plugin exited")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A descriptor that is not open is dropped, so the watchdog waits its
+    /// interval instead of spinning on `POLLNVAL`.
+    #[test]
+    fn a_closed_descriptor_does_not_make_the_watchdog_spin() {
+        let not_open: RawFd = 1 << 30;
+        let mut fds = [not_open, not_open];
+        // SAFETY: getppid cannot fail.
+        let parent = unsafe { libc::getppid() };
+        assert_eq!(host_gone(&mut fds, parent), None);
+        assert_eq!(fds, [-1, -1]);
+        let start = Instant::now();
+        assert_eq!(host_gone(&mut fds, parent), None);
+        assert!(
+            start.elapsed() >= Duration::from_millis(90),
+            "returned after {:?}",
+            start.elapsed()
+        );
+    }
 }
