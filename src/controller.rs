@@ -8,6 +8,7 @@
 //! `grpc_controller.go`, whose `Shutdown` calls the gRPC server's `Stop()`.
 
 use std::sync::Arc;
+use std::thread;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -17,7 +18,8 @@ use crate::proto::plugin::{Empty, GrpcController, create_grpc_controller};
 use crate::server::ShutdownHandle;
 use crate::stdio;
 
-/// How long `Shutdown` waits for the plugin's last output to be forwarded.
+/// How long `Shutdown` waits for the plugin's last output to be written to
+/// the stdio stream.
 const STDIO_FLUSH: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
@@ -29,14 +31,33 @@ struct Controller {
 impl GrpcController for Controller {
     fn shutdown(&mut self, ctx: RpcContext<'_>, _req: Empty, sink: UnarySink<Empty>) {
         // The host closes the connection as soon as it has the answer: what
-        // the plugin printed must be on its way to the host before that.
-        self.stdio.flush(STDIO_FLUSH);
+        // the plugin printed must be written to the stdio stream before
+        // that.
+        if !self.stdio.pending() {
+            let handle = self.shutdown.clone();
+            // Stop only once the answer is on its way (or the call is gone).
+            ctx.spawn(
+                sink.success(Empty::new())
+                    .map(move |_| handle.shutdown_now()),
+            );
+            return;
+        }
+        // The wait is on a thread of its own: this completion-queue thread
+        // is the one that writes the stream.
+        let stdio = Arc::clone(&self.stdio);
         let handle = self.shutdown.clone();
-        // Stop only once the answer is on its way (or the call is gone).
-        ctx.spawn(
-            sink.success(Empty::new())
-                .map(move |_| handle.shutdown_now()),
-        );
+        let spawned = thread::Builder::new()
+            .name("goplugin-shutdown".into())
+            .spawn(move || {
+                stdio.flush(STDIO_FLUSH);
+                let _ = futures::executor::block_on(sink.success(Empty::new()));
+                handle.shutdown_now();
+            });
+        if let Err(err) = spawned {
+            // The call is dropped unanswered; the host goes on with its Kill.
+            log::warn!("cannot answer the host's Shutdown: {err}; stopping now");
+            self.shutdown.shutdown_now();
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
-use grpcio::{RpcContext, ServerStreamingSink, WriteFlags};
+use grpcio::{RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, WriteFlags};
 use protobuf::well_known_types::Empty;
 
 use crate::locks::lock;
@@ -40,50 +40,78 @@ const CHUNK: usize = 1024;
 /// State shared by the capture threads and the gRPC service.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
-    subscriber: Mutex<Option<mpsc::Sender<StdioData>>>,
-    /// Read ends of the capture pipes (-1 before capture), for `flush`.
-    pipes: Mutex<Vec<RawFd>>,
-    /// Chunks read but not yet handed on.
+    subscriber: Mutex<Subscriber>,
+    /// Read ends of the capture pipes (none before capture), for `flush`.
+    pipes: Mutex<Vec<Arc<OwnedFd>>>,
+    /// Chunks read (or about to be) but not yet handed on.
     in_hand: AtomicUsize,
+    /// Chunks handed to the subscriber's stream and not yet written to it.
+    unsent: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Subscriber {
+    sender: Option<mpsc::Sender<StdioData>>,
+    /// The server is stopping: a new `StreamStdio` call ends at once.
+    ended: bool,
 }
 
 impl Shared {
-    fn forward(&self, channel: StdioData_Channel, data: &[u8], real_stderr: Option<RawFd>) {
+    fn forward(&self, channel: StdioData_Channel, data: &[u8], real_stderr: Option<&OwnedFd>) {
         let mut subscriber = lock(&self.subscriber);
-        if let Some(sender) = subscriber.as_mut() {
+        if let Some(sender) = subscriber.sender.as_mut() {
             let mut chunk = StdioData::new();
             chunk.set_channel(channel);
             chunk.set_data(data.to_vec());
+            // Counted before the stream can write (and uncount) it.
+            self.unsent.fetch_add(1, Ordering::AcqRel);
             match sender.try_send(chunk) {
                 Ok(()) => return,
-                // Too far behind: drop this chunk, keep the subscriber.
-                Err(err) if err.is_full() => return,
-                // The stream ended: behave as if nobody had subscribed.
-                Err(_) => *subscriber = None,
+                Err(err) => {
+                    self.unsent.fetch_sub(1, Ordering::AcqRel);
+                    // Too far behind: drop this chunk, keep the subscriber.
+                    if err.is_full() {
+                        return;
+                    }
+                    // The stream ended: behave as if nobody had subscribed.
+                    subscriber.sender = None;
+                }
             }
         }
         drop(subscriber);
         if let Some(fd) = real_stderr {
-            logging::write_fd(fd, data);
+            logging::write_fd(fd.as_raw_fd(), data);
         }
     }
 
     /// Waits (up to `limit`) until what the plugin wrote so far has been
-    /// handed to the subscriber, so that it goes out before the plugin stops.
+    /// written to the subscriber's stream (or passed to the real stderr),
+    /// so that it reaches the host before the plugin stops.
+    ///
+    /// Blocks: never call it on a completion-queue thread, which is the one
+    /// that writes the stream.
     pub(crate) fn flush(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
-        let pipes = lock(&self.pipes).clone();
-        while Instant::now() < deadline {
-            let pending = pipes.iter().any(|&fd| unread_bytes(fd) > 0);
-            if !pending && self.in_hand.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            thread::sleep(Duration::from_millis(1));
+        while self.pending() && Instant::now() < deadline {
+            thread::sleep(Duration::from_micros(200));
         }
     }
 
+    /// Whether some of what the plugin wrote is not yet written to the
+    /// subscriber's stream (or to the real stderr).
+    pub(crate) fn pending(&self) -> bool {
+        self.in_hand.load(Ordering::Acquire) > 0
+            || self.unsent.load(Ordering::Acquire) > 0
+            || lock(&self.pipes)
+                .iter()
+                .any(|fd| unread_bytes(fd.as_raw_fd()) > 0)
+    }
+
+    /// Ends the subscriber's stream, and any that starts later.
     pub(crate) fn end_streams(&self) {
-        *lock(&self.subscriber) = None;
+        let mut subscriber = lock(&self.subscriber);
+        subscriber.sender = None;
+        subscriber.ended = true;
     }
 }
 
@@ -100,12 +128,36 @@ impl GrpcStdio for StdioService {
         mut sink: ServerStreamingSink<StdioData>,
     ) {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        // One subscriber at a time, as data is consumed once: a newer call
-        // replaces (and so ends) an older one.
-        *lock(&self.shared.subscriber) = Some(sender);
+        {
+            let mut subscriber = lock(&self.shared.subscriber);
+            if subscriber.ended {
+                let status = RpcStatus::with_message(
+                    RpcStatusCode::UNAVAILABLE,
+                    "the plugin is shutting down".to_string(),
+                );
+                ctx.spawn(async move {
+                    let _ = sink.fail(status).await;
+                });
+                return;
+            }
+            // One subscriber at a time, as data is consumed once: a newer
+            // call replaces (and so ends) an older one.
+            subscriber.sender = Some(sender);
+        }
+        let shared = Arc::clone(&self.shared);
         ctx.spawn(async move {
-            let mut chunks = receiver.map(|chunk| Ok((chunk, WriteFlags::default())));
-            if sink.send_all(&mut chunks).await.is_ok() {
+            let mut receiver = receiver;
+            let mut open = true;
+            // Chunk by chunk, so that `unsent` counts down as each is
+            // written; once the stream fails the rest is only counted off.
+            while let Some(chunk) = receiver.next().await {
+                if open && sink.send((chunk, WriteFlags::default())).await.is_err() {
+                    open = false;
+                    receiver.close();
+                }
+                shared.unsent.fetch_sub(1, Ordering::AcqRel);
+            }
+            if open {
                 let _ = sink.close().await;
             }
         });
@@ -122,7 +174,9 @@ pub(crate) fn service(shared: Arc<Shared>) -> grpcio::Service {
 pub(crate) struct Capture {
     shared: Arc<Shared>,
     real_stdout: OwnedFd,
-    real_stderr: OwnedFd,
+    /// Shared with the stderr reader, which may outlive the capture (a
+    /// child process can hold the pipe open).
+    real_stderr: Arc<OwnedFd>,
     /// One message per reader thread when it has forwarded everything.
     readers_done: std::sync::mpsc::Receiver<()>,
 }
@@ -131,7 +185,7 @@ impl Capture {
     /// Redirects fds 1 and 2. On error nothing has changed.
     pub(crate) fn start(shared: Arc<Shared>) -> io::Result<Capture> {
         let real_stdout = dup_cloexec(1)?;
-        let real_stderr = dup_cloexec(2)?;
+        let real_stderr = Arc::new(dup_cloexec(2)?);
         let (out_read, out_write) = pipe_cloexec()?;
         let (err_read, err_write) = pipe_cloexec()?;
         // From here on the logger writes to the real stderr, past the capture.
@@ -143,7 +197,8 @@ impl Capture {
             return Err(err);
         }
         drop((out_write, err_write));
-        *lock(&shared.pipes) = vec![out_read.as_raw_fd(), err_read.as_raw_fd()];
+        let (out_read, err_read) = (Arc::new(out_read), Arc::new(err_read));
+        *lock(&shared.pipes) = vec![Arc::clone(&out_read), Arc::clone(&err_read)];
         let (done, readers_done) = std::sync::mpsc::channel();
         reader(
             Arc::clone(&shared),
@@ -156,7 +211,7 @@ impl Capture {
             Arc::clone(&shared),
             err_read,
             StdioData_Channel::STDERR,
-            Some(real_stderr.as_raw_fd()),
+            Some(Arc::clone(&real_stderr)),
             done,
         );
         Ok(Capture {
@@ -194,9 +249,9 @@ impl Capture {
 /// Starts a thread that forwards `pipe` until EOF, then reports on `done`.
 fn reader(
     shared: Arc<Shared>,
-    pipe: OwnedFd,
+    pipe: Arc<OwnedFd>,
     channel: StdioData_Channel,
-    real_stderr: Option<RawFd>,
+    real_stderr: Option<Arc<OwnedFd>>,
     done: std::sync::mpsc::Sender<()>,
 ) {
     let name = format!(
@@ -210,20 +265,35 @@ fn reader(
     let spawned = thread::Builder::new().name(name).spawn(move || {
         let mut buf = [0u8; CHUNK];
         loop {
-            // SAFETY: reading into a buffer we own, at most its length.
-            let n = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n == 0 {
-                break;
-            }
-            if n < 0 {
+            // Bytes are counted as in hand before `read` takes them out of
+            // the pipe, so `flush` always sees them in one place or the
+            // other: wait until there is something to read first.
+            let mut readable = libc::pollfd {
+                fd: pipe.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd entry.
+            if unsafe { libc::poll(&mut readable, 1, -1) } < 0 {
                 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 break;
             }
             shared.in_hand.fetch_add(1, Ordering::AcqRel);
-            shared.forward(channel, &buf[..n as usize], real_stderr);
+            // SAFETY: reading into a buffer we own, at most its length.
+            let n = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            let error = (n < 0).then(io::Error::last_os_error);
+            if n > 0 {
+                shared.forward(channel, &buf[..n as usize], real_stderr.as_deref());
+            }
             shared.in_hand.fetch_sub(1, Ordering::AcqRel);
+            match error {
+                Some(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Some(_) => break,
+                None if n == 0 => break,
+                None => {}
+            }
         }
         let _ = done.send(());
     });

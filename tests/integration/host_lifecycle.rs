@@ -71,6 +71,33 @@ fn the_current_host_receives_prints_on_the_right_channel() {
     );
 }
 
+/// What the plugin prints right before the host's `Kill()` (here: 120 KB
+/// during the last Put) is written to the stdio stream before the plugin
+/// answers `Shutdown`, so none of it is cut off by the stop.
+#[test]
+fn output_printed_just_before_kill_reaches_the_host() {
+    let value = "x".repeat(60_000);
+    for round in 0..3 {
+        let dir = tempdir();
+        let (out, err) = (dir.path().join("sync.out"), dir.path().join("sync.err"));
+        let mut command = echo_host(Host::Current, dir.path());
+        command
+            .env("KV_HOST_SYNC_STDOUT", &out)
+            .env("KV_HOST_SYNC_STDERR", &err)
+            .args(["put", "k", &value]);
+        crate::support::run(command).assert_success();
+        let out = fs::read_to_string(out).unwrap();
+        let err = fs::read_to_string(err).unwrap();
+        assert_eq!(
+            (out.len(), err.len()),
+            (2 * value.len() + 25, value.len() + 13),
+            "round {round}: bytes of stdout, stderr"
+        );
+        assert_eq!(out, format!("stdout says {value}\nchild says {value}\n"));
+        assert_eq!(err, format!("stderr says {value}\n"));
+    }
+}
+
 #[test]
 fn go_plugin_1_0_1_never_subscribes_and_nothing_blocks() {
     let dir = tempdir();
