@@ -279,7 +279,10 @@ mod tests {
             let (done, wait) = channel();
             pool.spawn(move || done.send(()).unwrap());
             wait.recv_timeout(Duration::from_secs(5)).unwrap();
-            thread::sleep(Duration::from_millis(5)); // the worker is idle again
+            // Until the worker waits for work again.
+            while pool.inner.shared.lock().idle == 0 {
+                thread::yield_now();
+            }
 
             let barrier = Arc::new(std::sync::Barrier::new(3));
             for _ in 0..2 {

@@ -8,7 +8,7 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use goplugin::grpcio::{ChannelBuilder, EnvBuilder};
+use goplugin::grpcio::{CallOption, ChannelBuilder, EnvBuilder};
 use goplugin::proto::plugin::{Empty, GrpcControllerClient};
 
 /// How long any host or plugin process may run before the test kills it.
@@ -432,7 +432,10 @@ impl Running {
         let controller = GrpcControllerClient::new(channel);
         // The plugin may close the connection before the answer arrives,
         // as Go plugins do; the host ignores the result too.
-        let _ = controller.shutdown(&Empty::new());
+        let _ = controller.shutdown_opt(
+            &Empty::new(),
+            CallOption::default().timeout(Duration::from_secs(5)),
+        );
         let (tx, rx) = mpsc::channel();
         let pid = self.pid();
         let mut child = self.child.take().expect("running");
