@@ -172,11 +172,22 @@ impl BlockingPool {
         let spawned = thread::Builder::new()
             .name("goplugin-blocking".to_string())
             .spawn(move || shared.work());
-        if spawned.is_err() {
-            // Out of threads: the work stays queued for the running workers.
+        if let Err(err) = spawned {
             let mut state = self.inner.shared.lock();
             state.threads -= 1;
             state.idle -= 1;
+            if state.threads > 0 {
+                // The running workers will get to the queued work.
+                return;
+            }
+            // No worker at all: nobody would ever run the queue, so it runs
+            // here, on the caller's thread, rather than never.
+            log::warn!("cannot start a blocking-pool thread ({err}); running its work inline");
+            let jobs = std::mem::take(&mut state.jobs);
+            drop(state);
+            for job in jobs {
+                let _ = catch_unwind(AssertUnwindSafe(job));
+            }
         }
     }
 
