@@ -40,24 +40,31 @@ fn echo_host(host: Host, dir: &Path) -> Command {
     command
 }
 
-#[test]
-fn the_current_host_receives_prints_on_the_right_channel() {
+/// `kv put k VALUE` through the current host with the echo plugin: the
+/// host's own output, and what reached its SyncStdout and SyncStderr.
+fn put_through_stdio_sync(value: &str) -> (crate::support::Output, String, String) {
     let dir = tempdir();
     let (out, err) = (dir.path().join("sync.out"), dir.path().join("sync.err"));
     let mut command = echo_host(Host::Current, dir.path());
     command
         .env("KV_HOST_SYNC_STDOUT", &out)
         .env("KV_HOST_SYNC_STDERR", &err)
-        .args(["put", "k", "hello"]);
+        .args(["put", "k", value]);
     let run = crate::support::run(command);
     run.assert_success();
+    let out = fs::read_to_string(out).unwrap();
+    let err = fs::read_to_string(err).unwrap();
+    (run, out, err)
+}
+
+#[test]
+fn the_current_host_receives_prints_on_the_right_channel() {
+    let (run, out, err) = put_through_stdio_sync("hello");
     assert_eq!(
         run.stdout_str(),
         "",
         "the host's stdout carries nothing of the plugin's"
     );
-    let out = fs::read_to_string(out).unwrap();
-    let err = fs::read_to_string(err).unwrap();
     assert!(out.contains("stdout says hello\n"), "SyncStdout: {out:?}");
     assert!(
         out.contains("child says hello\n"),
@@ -78,16 +85,7 @@ fn the_current_host_receives_prints_on_the_right_channel() {
 fn output_printed_just_before_kill_reaches_the_host() {
     let value = "x".repeat(60_000);
     for round in 0..3 {
-        let dir = tempdir();
-        let (out, err) = (dir.path().join("sync.out"), dir.path().join("sync.err"));
-        let mut command = echo_host(Host::Current, dir.path());
-        command
-            .env("KV_HOST_SYNC_STDOUT", &out)
-            .env("KV_HOST_SYNC_STDERR", &err)
-            .args(["put", "k", &value]);
-        crate::support::run(command).assert_success();
-        let out = fs::read_to_string(out).unwrap();
-        let err = fs::read_to_string(err).unwrap();
+        let (_, out, err) = put_through_stdio_sync(&value);
         assert_eq!(
             (out.len(), err.len()),
             (2 * value.len() + 25, value.len() + 13),
