@@ -49,7 +49,12 @@ impl GrpcController for Controller {
         let spawned = thread::Builder::new()
             .name("goplugin-shutdown".into())
             .spawn(move || {
-                stdio.flush(STDIO_FLUSH);
+                if !stdio.flush(STDIO_FLUSH) {
+                    log::warn!(
+                        "output printed before the host's Shutdown was not all written to the host within {} ms; stopping anyway",
+                        STDIO_FLUSH.as_millis()
+                    );
+                }
                 let _ = futures::executor::block_on(sink.success(Empty::new()));
                 handle.shutdown_now();
             });

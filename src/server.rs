@@ -339,7 +339,7 @@ impl PluginServerBuilder {
             listener,
             line,
             shutdown,
-            output: self.output.take().unwrap_or_else(|| Box::new(io::stdout())),
+            output: self.output.take(),
             ignore_sigint: self.ignore_sigint,
             forward_stdio: self.forward_stdio,
             watch_host: self.watch_host,
@@ -461,7 +461,8 @@ pub struct PluginServer {
     listener: Listener,
     line: HandshakeLine,
     shutdown: ShutdownHandle,
-    output: Box<dyn Write + Send>,
+    /// Where the handshake line goes; `None`: the real stdout.
+    output: Option<Box<dyn Write + Send>>,
     ignore_sigint: bool,
     forward_stdio: bool,
     watch_host: bool,
@@ -551,23 +552,40 @@ impl PluginServer {
                 });
             }
         }
-        let line = format!("{}\n", self.line);
-        let written = self
-            .output
-            .write_all(line.as_bytes())
-            .and_then(|()| self.output.flush());
-        if let Err(err) = written {
-            self.stop(Stop::Now);
-            return Err(Error::Handshake(err));
-        }
-        // Only now, as go-plugin does: the handshake went to the real stdout.
-        let capture = if self.forward_stdio {
-            stdio::Capture::start(Arc::clone(&self.stdio))
+        // Captured before the handshake: the host may call at once, and
+        // whatever a call prints must not reach the real stdout, which the
+        // host reads for the handshake only. The line goes past the capture.
+        let mut capture = if self.forward_stdio {
+            stdio::Capture::redirect(Arc::clone(&self.stdio))
                 .map_err(|err| log::warn!("cannot forward stdout/stderr to the host: {err}"))
                 .ok()
         } else {
             None
         };
+        let line = format!("{}\n", self.line);
+        let written = match (self.output.as_mut(), capture.as_ref()) {
+            (Some(output), _) => output
+                .write_all(line.as_bytes())
+                .and_then(|()| output.flush()),
+            (None, Some(capture)) => capture.write_real_stdout(line.as_bytes()),
+            (None, None) => {
+                let mut stdout = io::stdout().lock();
+                stdout
+                    .write_all(line.as_bytes())
+                    .and_then(|()| stdout.flush())
+            }
+        };
+        if let Err(err) = written {
+            if let Some(capture) = capture {
+                capture.finish();
+            }
+            self.stop(Stop::Now);
+            return Err(Error::Handshake(err));
+        }
+        // Threads only once the handshake is out.
+        if let Some(capture) = capture.as_mut() {
+            capture.start_readers();
+        }
         if self.watch_host {
             let fds = capture.as_ref().map_or([1, 2], stdio::Capture::real_fds);
             watchdog::watch(fds, self.shutdown.clone());

@@ -1,11 +1,16 @@
 //! `plugin.GRPCStdio`: the plugin's stdout and stderr, forwarded to the host.
 //!
-//! After the handshake line, [`Capture::start`] points file descriptors 1
-//! and 2 at pipes of its own (so `println!`, `eprintln!` and child
-//! processes are all caught) and reads them on two threads:
-//! - while a host is subscribed (`StreamStdio`, called by go-plugin ≥ 1.1
+//! Before the handshake line, [`Capture::redirect`] points file descriptors
+//! 1 and 2 at pipes of its own (so `println!`, `eprintln!` and child
+//! processes are all caught, even by a call that runs the moment the host
+//! connects); the handshake line itself goes to the real stdout. Right
+//! after it, [`Capture::start_readers`] reads the pipes on two threads:
+//! - while a host is subscribed (`StreamStdio`, which go-plugin ≥ 1.1 calls
 //!   right after connecting), every chunk goes to it, tagged STDOUT or
 //!   STDERR, in chunks of at most 1 KiB as Go plugins send them;
+//! - until the first subscription, for at most [`HOLD`], chunks are held for
+//!   it: the host asks before its first call, but the plugin may run that
+//!   call first;
 //! - without a subscriber (go-plugin 1.0.1 never subscribes), stdout bytes
 //!   are dropped, as the host would drop them, and stderr bytes pass through
 //!   to the real stderr, where the host logs them.
@@ -13,9 +18,10 @@
 //! Writers never block on the host: the pipes are drained continuously, and
 //! a subscriber that falls more than a few hundred chunks behind loses
 //! chunks rather than stalling the plugin. Nothing reaches the real stdout
-//! after the handshake line. Mirrors go-plugin's `grpc_stdio.go`.
+//! after the handshake line. Mirrors go-plugin's `grpc_stdio.go`, whose
+//! writers instead block until the host reads.
 
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,11 +37,17 @@ use crate::locks::lock;
 use crate::logging;
 use crate::proto::plugin::{GrpcStdio, StdioData, StdioData_Channel, create_grpc_stdio};
 
-/// Chunks a subscriber may fall behind before new ones are dropped.
+/// Chunks a subscriber may fall behind before new ones are dropped; also
+/// the most chunks held for the first subscriber.
 const QUEUE: usize = 256;
 
 /// Largest chunk sent, as go-plugin's own plugins send them.
 const CHUNK: usize = 1024;
+
+/// How long after the handshake output waits for the host to subscribe.
+/// go-plugin ≥ 1.1 subscribes within milliseconds of connecting; 1.0.1
+/// never does, and its host sees stderr this much later at the start.
+pub(crate) const HOLD: Duration = Duration::from_millis(500);
 
 /// State shared by the capture threads and the gRPC service.
 #[derive(Debug, Default)]
@@ -52,20 +64,42 @@ pub(crate) struct Shared {
 #[derive(Debug, Default)]
 struct Subscriber {
     sender: Option<mpsc::Sender<StdioData>>,
+    /// Chunks kept for the first subscriber while `hold_until` lies ahead.
+    held: Vec<StdioData>,
+    /// Set when the readers start; cleared by the first subscription or
+    /// once it has passed.
+    hold_until: Option<Instant>,
+    /// Where stderr goes without a subscriber (set by the capture).
+    real_stderr: Option<Arc<OwnedFd>>,
     /// The server is stopping: a new `StreamStdio` call ends at once.
     ended: bool,
 }
 
+impl Subscriber {
+    /// Stops holding. Returns the held stderr chunks, for the real stderr;
+    /// held stdout is dropped, as it would have been without the hold.
+    fn stop_holding(&mut self) -> Vec<StdioData> {
+        self.hold_until = None;
+        self.held
+            .drain(..)
+            .filter(|chunk| chunk.get_channel() == StdioData_Channel::STDERR)
+            .collect()
+    }
+}
+
 impl Shared {
-    fn forward(&self, channel: StdioData_Channel, data: &[u8], real_stderr: Option<&OwnedFd>) {
-        let mut subscriber = lock(&self.subscriber);
-        if let Some(sender) = subscriber.sender.as_mut() {
+    fn forward(&self, channel: StdioData_Channel, data: &[u8]) {
+        let chunk = || {
             let mut chunk = StdioData::new();
             chunk.set_channel(channel);
             chunk.set_data(data.to_vec());
+            chunk
+        };
+        let mut subscriber = lock(&self.subscriber);
+        if let Some(sender) = subscriber.sender.as_mut() {
             // Counted before the stream can write (and uncount) it.
             self.unsent.fetch_add(1, Ordering::AcqRel);
-            match sender.try_send(chunk) {
+            match sender.try_send(chunk()) {
                 Ok(()) => return,
                 Err(err) => {
                     self.unsent.fetch_sub(1, Ordering::AcqRel);
@@ -77,11 +111,46 @@ impl Shared {
                     subscriber.sender = None;
                 }
             }
+        } else if subscriber
+            .hold_until
+            .is_some_and(|until| Instant::now() < until)
+            && subscriber.held.len() < QUEUE
+        {
+            subscriber.held.push(chunk());
+            return;
         }
+        let mut to_stderr = subscriber.stop_holding();
+        if channel == StdioData_Channel::STDERR {
+            to_stderr.push(chunk());
+        }
+        let real_stderr = subscriber.real_stderr.clone();
         drop(subscriber);
-        if let Some(fd) = real_stderr {
-            logging::write_fd(fd.as_raw_fd(), data);
+        write_real_stderr(real_stderr.as_deref(), &to_stderr);
+    }
+
+    /// When the readers should next look at the hold: `None` while nothing
+    /// is held.
+    fn hold_deadline(&self) -> Option<Instant> {
+        let subscriber = lock(&self.subscriber);
+        subscriber
+            .hold_until
+            .filter(|_| !subscriber.held.is_empty())
+    }
+
+    /// Ends the hold once it has passed (or now, with `force`): held stderr
+    /// goes to the real stderr.
+    fn end_hold(&self, force: bool) {
+        let mut subscriber = lock(&self.subscriber);
+        let passed = subscriber
+            .hold_until
+            .is_some_and(|until| force || Instant::now() >= until);
+        if !passed {
+            return;
         }
+        let to_stderr = subscriber.stop_holding();
+        let real_stderr = subscriber.real_stderr.clone();
+        drop(subscriber);
+        write_real_stderr(real_stderr.as_deref(), &to_stderr);
     }
 
     /// Waits (up to `limit`) until what the plugin wrote so far has been
@@ -89,16 +158,21 @@ impl Shared {
     /// so that it reaches the host before the plugin stops.
     ///
     /// Blocks: never call it on a completion-queue thread, which is the one
-    /// that writes the stream.
-    pub(crate) fn flush(&self, limit: Duration) {
+    /// that writes the stream. Returns whether everything went out.
+    pub(crate) fn flush(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
-        while self.pending() && Instant::now() < deadline {
+        while self.pending() {
+            if Instant::now() >= deadline {
+                return false;
+            }
             thread::sleep(Duration::from_micros(200));
         }
+        true
     }
 
     /// Whether some of what the plugin wrote is not yet written to the
-    /// subscriber's stream (or to the real stderr).
+    /// subscriber's stream (or to the real stderr). Chunks held for a
+    /// subscriber that has not come do not count: there is nobody to wait for.
     pub(crate) fn pending(&self) -> bool {
         self.in_hand.load(Ordering::Acquire) > 0
             || self.unsent.load(Ordering::Acquire) > 0
@@ -115,6 +189,14 @@ impl Shared {
     }
 }
 
+fn write_real_stderr(fd: Option<&OwnedFd>, chunks: &[StdioData]) {
+    if let Some(fd) = fd {
+        for chunk in chunks {
+            logging::write_fd(fd.as_raw_fd(), chunk.get_data());
+        }
+    }
+}
+
 #[derive(Clone)]
 struct StdioService {
     shared: Arc<Shared>,
@@ -127,7 +209,7 @@ impl GrpcStdio for StdioService {
         _req: Empty,
         mut sink: ServerStreamingSink<StdioData>,
     ) {
-        let (sender, receiver) = mpsc::channel(QUEUE);
+        let (mut sender, receiver) = mpsc::channel(QUEUE);
         {
             let mut subscriber = lock(&self.shared.subscriber);
             if subscriber.ended {
@@ -139,6 +221,15 @@ impl GrpcStdio for StdioService {
                     let _ = sink.fail(status).await;
                 });
                 return;
+            }
+            // What was held for the first subscriber goes first; the
+            // channel has room for all of it.
+            subscriber.hold_until = None;
+            for chunk in subscriber.held.drain(..) {
+                self.shared.unsent.fetch_add(1, Ordering::AcqRel);
+                if sender.try_send(chunk).is_err() {
+                    self.shared.unsent.fetch_sub(1, Ordering::AcqRel);
+                }
             }
             // One subscriber at a time, as data is consumed once: a newer
             // call replaces (and so ends) an older one.
@@ -174,16 +265,23 @@ pub(crate) fn service(shared: Arc<Shared>) -> grpcio::Service {
 pub(crate) struct Capture {
     shared: Arc<Shared>,
     real_stdout: OwnedFd,
-    /// Shared with the stderr reader, which may outlive the capture (a
-    /// child process can hold the pipe open).
+    /// Shared with the stderr reader and the hold, which may outlive the
+    /// capture (a child process can hold the pipe open).
     real_stderr: Arc<OwnedFd>,
+    /// The pipes' read ends until the readers take them.
+    unread: Option<[Arc<OwnedFd>; 2]>,
+    /// Reader threads started.
+    readers: usize,
     /// One message per reader thread when it has forwarded everything.
     readers_done: std::sync::mpsc::Receiver<()>,
+    done: std::sync::mpsc::Sender<()>,
 }
 
 impl Capture {
-    /// Redirects fds 1 and 2. On error nothing has changed.
-    pub(crate) fn start(shared: Arc<Shared>) -> io::Result<Capture> {
+    /// Redirects fds 1 and 2 into pipes, where output waits until
+    /// [`start_readers`](Self::start_readers). Starts no thread. On error
+    /// nothing has changed.
+    pub(crate) fn redirect(shared: Arc<Shared>) -> io::Result<Capture> {
         let real_stdout = dup_cloexec(1)?;
         let real_stderr = Arc::new(dup_cloexec(2)?);
         let (out_read, out_write) = pipe_cloexec()?;
@@ -199,27 +297,39 @@ impl Capture {
         drop((out_write, err_write));
         let (out_read, err_read) = (Arc::new(out_read), Arc::new(err_read));
         *lock(&shared.pipes) = vec![Arc::clone(&out_read), Arc::clone(&err_read)];
+        lock(&shared.subscriber).real_stderr = Some(Arc::clone(&real_stderr));
         let (done, readers_done) = std::sync::mpsc::channel();
-        reader(
-            Arc::clone(&shared),
-            out_read,
-            StdioData_Channel::STDOUT,
-            None,
-            done.clone(),
-        );
-        reader(
-            Arc::clone(&shared),
-            err_read,
-            StdioData_Channel::STDERR,
-            Some(Arc::clone(&real_stderr)),
-            done,
-        );
         Ok(Capture {
             shared,
             real_stdout,
             real_stderr,
+            unread: Some([out_read, err_read]),
+            readers: 0,
             readers_done,
+            done,
         })
+    }
+
+    /// Writes `bytes` (the handshake line) to the real stdout.
+    pub(crate) fn write_real_stdout(&self, bytes: &[u8]) -> io::Result<()> {
+        std::fs::File::from(self.real_stdout.try_clone()?).write_all(bytes)
+    }
+
+    /// Starts reading the pipes, and holding output for the host's first
+    /// subscription.
+    pub(crate) fn start_readers(&mut self) {
+        let Some([out_read, err_read]) = self.unread.take() else {
+            return;
+        };
+        lock(&self.shared.subscriber).hold_until = Some(Instant::now() + HOLD);
+        for (pipe, channel) in [
+            (out_read, StdioData_Channel::STDOUT),
+            (err_read, StdioData_Channel::STDERR),
+        ] {
+            if reader(Arc::clone(&self.shared), pipe, channel, self.done.clone()) {
+                self.readers += 1;
+            }
+        }
     }
 
     /// The real stdout and stderr, for watching whether the host still reads them.
@@ -227,8 +337,9 @@ impl Capture {
         [self.real_stdout.as_raw_fd(), self.real_stderr.as_raw_fd()]
     }
 
-    /// Puts fds 1 and 2 back and forwards what is still in the pipes. The
-    /// server's stop then ends the subscriber's stream.
+    /// Puts fds 1 and 2 back and forwards what is still in the pipes (held
+    /// stderr to the real stderr). The server's stop then ends the
+    /// subscriber's stream.
     pub(crate) fn finish(self) {
         let _ = dup2(self.real_stdout.as_raw_fd(), 1);
         let _ = dup2(self.real_stderr.as_raw_fd(), 2);
@@ -236,56 +347,63 @@ impl Capture {
         // The readers end at EOF, once no process holds the pipes; a child
         // that still does must not hold up the plugin's exit.
         let deadline = Instant::now() + Duration::from_millis(200);
-        for _ in 0..2 {
+        for _ in 0..self.readers {
             let left = deadline.saturating_duration_since(Instant::now());
             if self.readers_done.recv_timeout(left).is_err() {
                 break;
             }
         }
         lock(&self.shared.pipes).clear();
+        self.shared.end_hold(true);
     }
 }
 
 /// Starts a thread that forwards `pipe` until EOF, then reports on `done`.
+/// Returns whether it started.
 fn reader(
     shared: Arc<Shared>,
     pipe: Arc<OwnedFd>,
     channel: StdioData_Channel,
-    real_stderr: Option<Arc<OwnedFd>>,
     done: std::sync::mpsc::Sender<()>,
-) {
-    let name = format!(
-        "goplugin-{}",
-        if real_stderr.is_some() {
-            "stderr"
-        } else {
-            "stdout"
-        }
-    );
-    let spawned = thread::Builder::new().name(name).spawn(move || {
+) -> bool {
+    let name = match channel {
+        StdioData_Channel::STDERR => "goplugin-stderr",
+        _ => "goplugin-stdout",
+    };
+    let spawned = thread::Builder::new().name(name.into()).spawn(move || {
         let mut buf = [0u8; CHUNK];
         loop {
             // Bytes are counted as in hand before `read` takes them out of
             // the pipe, so `flush` always sees them in one place or the
-            // other: wait until there is something to read first.
+            // other: wait until there is something to read first. While
+            // output is held, wake up when the hold ends.
+            let timeout = shared.hold_deadline().map_or(-1, |until| {
+                let left = until.saturating_duration_since(Instant::now());
+                libc::c_int::try_from(left.as_millis() + 1).unwrap_or(libc::c_int::MAX)
+            });
             let mut readable = libc::pollfd {
                 fd: pipe.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             };
             // SAFETY: one pollfd entry.
-            if unsafe { libc::poll(&mut readable, 1, -1) } < 0 {
+            let ready = unsafe { libc::poll(&mut readable, 1, timeout) };
+            if ready < 0 {
                 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 break;
+            }
+            if ready == 0 {
+                shared.end_hold(false);
+                continue;
             }
             shared.in_hand.fetch_add(1, Ordering::AcqRel);
             // SAFETY: reading into a buffer we own, at most its length.
             let n = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             let error = (n < 0).then(io::Error::last_os_error);
             if n > 0 {
-                shared.forward(channel, &buf[..n as usize], real_stderr.as_deref());
+                shared.forward(channel, &buf[..n as usize]);
             }
             shared.in_hand.fetch_sub(1, Ordering::AcqRel);
             match error {
@@ -297,10 +415,14 @@ fn reader(
         }
         let _ = done.send(());
     });
-    if let Err(err) = spawned {
-        // Out of threads: the pipe will fill up and block writers. Nothing
-        // better can be done this late; say so.
-        log::error!("cannot start the stdio reader: {err}");
+    match spawned {
+        Ok(_) => true,
+        Err(err) => {
+            // Out of threads: the pipe will fill up and block writers.
+            // Nothing better can be done this late; say so.
+            log::error!("cannot start the stdio reader: {err}");
+            false
+        }
     }
 }
 

@@ -310,3 +310,62 @@ fn nothing_but_the_handshake_reaches_the_real_stdout() {
         out.stderr
     );
 }
+
+/// A host that subscribes to stdio only after its first call (go-plugin
+/// asks first, but the plugin may run the call before it sees the
+/// subscription): what the call printed is held and then delivered, on the
+/// right channels, instead of dropped or passed to the real stderr.
+#[test]
+fn output_from_before_the_subscription_reaches_the_subscriber() {
+    use futures::StreamExt;
+    use goplugin::proto::kv::{KvClient, PutRequest};
+    use goplugin::proto::plugin::{GrpcStdioClient, StdioData_Channel};
+
+    let dir = tempdir();
+    let mut command = Command::new(echo_plugin());
+    command
+        .current_dir(dir.path())
+        .env_clear()
+        .env("BASIC_PLUGIN", "hello")
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let running = Running::spawn(command, true);
+    let channel = running.channel();
+    let mut put = PutRequest::new();
+    put.set_key("k".into());
+    put.set_value(b"early".to_vec());
+    KvClient::new(channel.clone()).put(&put).expect("put");
+    std::thread::sleep(Duration::from_millis(50));
+
+    let stdio = GrpcStdioClient::new(channel);
+    let mut stream = stdio
+        .stream_stdio(&protobuf::well_known_types::Empty::new())
+        .expect("subscribe");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut out, mut err) = (String::new(), String::new());
+        while !(out.contains("child says early\n") && err.contains("stderr says early\n")) {
+            let Some(Ok(chunk)) = futures::executor::block_on(stream.next()) else {
+                break;
+            };
+            let text = String::from_utf8_lossy(chunk.get_data());
+            match chunk.get_channel() {
+                StdioData_Channel::STDOUT => out.push_str(&text),
+                StdioData_Channel::STDERR => err.push_str(&text),
+                _ => {}
+            }
+        }
+        let _ = tx.send((out, err, stdio));
+    });
+    let (out, err, _stdio) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the held output arrives");
+    assert_eq!(out, "stdout says early\nchild says early\n");
+    assert_eq!(err, "stderr says early\n");
+    let out = running.shutdown();
+    assert!(out.status.success());
+    assert!(
+        !out.stderr.contains("stderr says early"),
+        "held stderr went to the subscriber only: {}",
+        out.stderr
+    );
+}
