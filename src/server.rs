@@ -222,10 +222,11 @@ impl PluginServerBuilder {
     }
 
     /// Whether [`PluginServer::serve`] forwards what the process writes to
-    /// fds 1 and 2 after the handshake (its own prints and its children's)
-    /// to the host through `plugin.GRPCStdio`, as go-plugin's `Serve` does.
-    /// Without a subscribed host, stdout is dropped and stderr passes
-    /// through. Default: true. With false, fds 1 and 2 are left alone
+    /// fds 1 and 2 once it serves (its own prints and its children's) to
+    /// the host through `plugin.GRPCStdio`, as go-plugin's `Serve` does.
+    /// Output from before the host subscribes is held for it up to 500 ms
+    /// after the handshake; without a subscribed host, stdout is dropped
+    /// and stderr passes through. Default: true. With false, fds 1 and 2 are left alone
     /// (and anything printed to stdout reaches the host's stdout reader,
     /// which discards it).
     pub fn forward_stdio(mut self, forward: bool) -> Self {
