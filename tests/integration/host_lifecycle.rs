@@ -280,26 +280,36 @@ fn the_current_hosts_socket_group_option_reaches_the_plugin() {
     assert!(!Path::new(&serving.addr).exists(), "socket file removed");
 }
 
+/// The echo example started directly, with this test as its host; its
+/// stderr is captured.
+fn echo_without_host(dir: &Path) -> Running {
+    let mut command = Command::new(echo_plugin());
+    command
+        .current_dir(dir)
+        .env_clear()
+        .env("BASIC_PLUGIN", "hello")
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    Running::spawn(command, true)
+}
+
+/// A Put of `value` to the echo example, which prints it.
+fn echo_put(channel: goplugin::grpcio::Channel, value: &str) {
+    use goplugin::proto::kv::{KvClient, PutRequest};
+    let mut put = PutRequest::new();
+    put.set_key("k".into());
+    put.set_value(value.as_bytes().to_vec());
+    KvClient::new(channel).put(&put).expect("put");
+}
+
 /// Run directly, without a subscriber: after the handshake line nothing
 /// reaches the real stdout, not even a child process's output, and stderr
 /// prints pass through next to the log lines.
 #[test]
 fn nothing_but_the_handshake_reaches_the_real_stdout() {
-    use goplugin::proto::kv::{KvClient, PutRequest};
-
     let dir = tempdir();
-    let mut command = Command::new(echo_plugin());
-    command
-        .current_dir(dir.path())
-        .env_clear()
-        .env("BASIC_PLUGIN", "hello")
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    let running = Running::spawn(command, true);
+    let running = echo_without_host(dir.path());
     assert!(running.line.starts_with("1|1|unix|"), "{:?}", running.line);
-    let mut put = PutRequest::new();
-    put.set_key("k".into());
-    put.set_value(b"hello".to_vec());
-    KvClient::new(running.channel()).put(&put).expect("put");
+    echo_put(running.channel(), "hello");
     let out = running.shutdown();
     assert!(out.status.success());
     assert_eq!(out.stdout_str(), "", "stdout after the handshake line");
@@ -318,22 +328,12 @@ fn nothing_but_the_handshake_reaches_the_real_stdout() {
 #[test]
 fn output_from_before_the_subscription_reaches_the_subscriber() {
     use futures::StreamExt;
-    use goplugin::proto::kv::{KvClient, PutRequest};
     use goplugin::proto::plugin::{GrpcStdioClient, StdioData_Channel};
 
     let dir = tempdir();
-    let mut command = Command::new(echo_plugin());
-    command
-        .current_dir(dir.path())
-        .env_clear()
-        .env("BASIC_PLUGIN", "hello")
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    let running = Running::spawn(command, true);
+    let running = echo_without_host(dir.path());
     let channel = running.channel();
-    let mut put = PutRequest::new();
-    put.set_key("k".into());
-    put.set_value(b"early".to_vec());
-    KvClient::new(channel.clone()).put(&put).expect("put");
+    echo_put(channel.clone(), "early");
     std::thread::sleep(Duration::from_millis(50));
 
     let stdio = GrpcStdioClient::new(channel);
