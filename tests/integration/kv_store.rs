@@ -234,13 +234,16 @@ fn sigkill_during_puts_never_leaves_a_torn_or_lost_value() {
     eprintln!("crash loop seed {seed}");
     let mut rng = Rng(seed);
     let dir = tempdir();
+    // A killed plugin cannot remove its socket file: keep them out of /tmp.
+    let sockets = tempdir();
+    let tmpdir = sockets.path().to_str().expect("a UTF-8 temporary path");
     let keys = ["k0", "k1", "k2"];
     // Per key: the letter of the whole value on disk after the last round
     // (None: no file yet). A Put that completed on disk but was killed
     // before its answer legitimately becomes the new state.
     let mut state: HashMap<&str, Option<u8>> = keys.iter().map(|k| (*k, None)).collect();
     for round in 0..60u32 {
-        let running = Running::start_in(Plugin::Rust, &[COOKIE], dir.path());
+        let running = Running::start_in(Plugin::Rust, &[COOKIE, ("TMPDIR", tmpdir)], dir.path());
         let kv = KvClient::new(running.channel());
         // (key index, letter) of the Put in flight, and the acknowledged ones.
         let in_flight: Arc<Mutex<Option<(usize, u8)>>> = Arc::default();

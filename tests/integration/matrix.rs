@@ -326,10 +326,13 @@ fn version_negotiation(c: Cell) {
         out.stdout_str()
     );
 
-    // No common version: the plugin advertises its lowest and the host says so.
+    // No common version: the plugin advertises its lowest and the host says
+    // so. The host then kills the plugin, which cannot remove its socket
+    // file: keep it out of /tmp.
     let out = c
         .host_run(dir.path())
         .env("KV_HOST_VERSIONS", "2,3")
+        .env("TMPDIR", dir.path().to_str().unwrap())
         .run(&["info"]);
     out.assert_failure();
     let stdout = out.stdout_str().to_lowercase();

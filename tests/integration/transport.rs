@@ -347,8 +347,11 @@ fn multiplexed_sockets_are_owner_only_and_all_go_away() {
 fn a_multiplexing_host_refuses_the_reference_plugins() {
     for plugin in [Plugin::Python, Plugin::Go] {
         let dir = tempdir();
+        // The host kills the refused plugin, which cannot remove its socket
+        // file then: keep it out of /tmp.
         let out = crate::support::HostRun::new(crate::support::Host::Current, plugin, dir.path())
             .env("KV_HOST_MUX", "1")
+            .env("TMPDIR", dir.path().to_str().unwrap())
             .run(&["put", "a", "b"]);
         out.assert_failure();
         assert!(
