@@ -10,10 +10,12 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
 use grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
+
+use crate::locks::{lock, wait};
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
@@ -87,32 +89,25 @@ struct State {
 }
 
 impl Shared {
-    // The lock is never held while a job runs, so a panicking job cannot
-    // poison it; if it is poisoned anyway, the counts are still whole.
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// A worker's life: take jobs until the pool is closed and drained.
     fn work(&self) {
-        let mut state = self.lock();
+        // The lock is never held while a job runs, so a panicking job cannot
+        // poison it; if it is poisoned anyway, the counts are still whole.
+        let mut state = lock(&self.state);
         loop {
             if let Some(job) = state.jobs.pop_front() {
                 state.idle -= 1;
                 drop(state);
                 // A panicking job must not take the worker with it.
                 let _ = catch_unwind(AssertUnwindSafe(job));
-                state = self.lock();
+                state = lock(&self.state);
                 state.idle += 1;
             } else if state.closed {
                 state.idle -= 1;
                 state.threads -= 1;
                 return;
             } else {
-                state = self
-                    .work
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
+                state = wait(&self.work, state);
             }
         }
     }
@@ -120,7 +115,7 @@ impl Shared {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
+        lock(&self.shared.state).closed = true;
         self.shared.work.notify_all();
     }
 }
@@ -147,7 +142,7 @@ impl BlockingPool {
     /// Runs `job` on a pool thread.
     pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
         let shared = &self.inner.shared;
-        let mut state = shared.lock();
+        let mut state = lock(&shared.state);
         state.jobs.push_back(Box::new(job));
         let waiting = state.idle;
         // Each idle worker takes one queued job; a job beyond them gets a
@@ -173,7 +168,7 @@ impl BlockingPool {
             .name("goplugin-blocking".to_string())
             .spawn(move || shared.work());
         if let Err(err) = spawned {
-            let mut state = self.inner.shared.lock();
+            let mut state = lock(&self.inner.shared.state);
             state.threads -= 1;
             state.idle -= 1;
             if state.threads > 0 {
@@ -277,7 +272,7 @@ mod tests {
                 .expect("four jobs run at once");
         }
         drop(guard);
-        assert!(pool.inner.shared.lock().threads <= 4);
+        assert!(lock(&pool.inner.shared.state).threads <= 4);
     }
 
     /// Jobs queued while a worker sits idle each get a worker of their own
@@ -291,7 +286,7 @@ mod tests {
             pool.spawn(move || done.send(()).unwrap());
             wait.recv_timeout(Duration::from_secs(5)).unwrap();
             // Until the worker waits for work again.
-            while pool.inner.shared.lock().idle == 0 {
+            while lock(&pool.inner.shared.state).idle == 0 {
                 thread::yield_now();
             }
 
@@ -332,7 +327,7 @@ mod tests {
                 .expect("queued work runs after the pool is dropped");
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while shared.lock().threads > 0 {
+        while lock(&shared.state).threads > 0 {
             assert!(std::time::Instant::now() < deadline, "workers never ended");
             thread::sleep(Duration::from_millis(5));
         }

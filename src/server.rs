@@ -226,9 +226,9 @@ impl PluginServerBuilder {
     /// the host through `plugin.GRPCStdio`, as go-plugin's `Serve` does.
     /// Output from before the host subscribes is held for it up to 500 ms
     /// after the handshake; without a subscribed host, stdout is dropped
-    /// and stderr passes through. Default: true. With false, fds 1 and 2 are left alone
-    /// (and anything printed to stdout reaches the host's stdout reader,
-    /// which discards it).
+    /// and stderr passes through. Default: true. With false, fds 1 and 2
+    /// are left alone (and anything printed to stdout reaches the host's
+    /// stdout reader, which discards it).
     pub fn forward_stdio(mut self, forward: bool) -> Self {
         self.forward_stdio = forward;
         self

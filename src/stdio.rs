@@ -47,13 +47,14 @@ const CHUNK: usize = 1024;
 /// How long after the handshake output waits for the host to subscribe.
 /// go-plugin ≥ 1.1 subscribes within milliseconds of connecting; 1.0.1
 /// never does, and its host sees stderr this much later at the start.
-pub(crate) const HOLD: Duration = Duration::from_millis(500);
+const HOLD: Duration = Duration::from_millis(500);
 
 /// State shared by the capture threads and the gRPC service.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     subscriber: Mutex<Subscriber>,
-    /// Read ends of the capture pipes (none before capture), for `flush`.
+    /// Read ends of the capture pipes, stdout's then stderr's (none before
+    /// capture): for `flush`, and for the readers.
     pipes: Mutex<Vec<Arc<OwnedFd>>>,
     /// Chunks read (or about to be) but not yet handed on.
     in_hand: AtomicUsize,
@@ -268,8 +269,6 @@ pub(crate) struct Capture {
     /// Shared with the stderr reader and the hold, which may outlive the
     /// capture (a child process can hold the pipe open).
     real_stderr: Arc<OwnedFd>,
-    /// The pipes' read ends until the readers take them.
-    unread: Option<[Arc<OwnedFd>; 2]>,
     /// Reader threads started.
     readers: usize,
     /// One message per reader thread when it has forwarded everything.
@@ -295,15 +294,14 @@ impl Capture {
             return Err(err);
         }
         drop((out_write, err_write));
-        let (out_read, err_read) = (Arc::new(out_read), Arc::new(err_read));
-        *lock(&shared.pipes) = vec![Arc::clone(&out_read), Arc::clone(&err_read)];
+        // Stdout's first, then stderr's, as `start_readers` reads them.
+        *lock(&shared.pipes) = vec![Arc::new(out_read), Arc::new(err_read)];
         lock(&shared.subscriber).real_stderr = Some(Arc::clone(&real_stderr));
         let (done, readers_done) = std::sync::mpsc::channel();
         Ok(Capture {
             shared,
             real_stdout,
             real_stderr,
-            unread: Some([out_read, err_read]),
             readers: 0,
             readers_done,
             done,
@@ -318,14 +316,10 @@ impl Capture {
     /// Starts reading the pipes, and holding output for the host's first
     /// subscription.
     pub(crate) fn start_readers(&mut self) {
-        let Some([out_read, err_read]) = self.unread.take() else {
-            return;
-        };
         lock(&self.shared.subscriber).hold_until = Some(Instant::now() + HOLD);
-        for (pipe, channel) in [
-            (out_read, StdioData_Channel::STDOUT),
-            (err_read, StdioData_Channel::STDERR),
-        ] {
+        let pipes = lock(&self.shared.pipes).clone();
+        let channels = [StdioData_Channel::STDOUT, StdioData_Channel::STDERR];
+        for (pipe, channel) in pipes.into_iter().zip(channels) {
             if reader(Arc::clone(&self.shared), pipe, channel, self.done.clone()) {
                 self.readers += 1;
             }
