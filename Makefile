@@ -18,7 +18,7 @@ COUNTER_PLUGIN_BIN := $(if $(TARGET_DIR),$(TARGET_DIR),target)/release/counter-p
 ## demo: install what is missing, build, and run kv put/get (and the bidirectional
 ## counter example) through the current go-plugin host
 demo: deps hosts
-	$(CARGO) build $(CARGO_FLAGS) --bin kv-plugin --bin counter-plugin
+	$(CARGO) build $(CARGO_FLAGS) --workspace --bin kv-plugin --bin counter-plugin
 	@dir=$$(mktemp -d) && cd "$$dir" && \
 	echo "== in $$dir, host = go-plugin $$(sed -n 's/.*hashicorp\/go-plugin \(v[0-9.]*\).*/\1/p' $(CURDIR)/tests/fixtures/go-host/go.mod), plugin = $(KV_PLUGIN_BIN)" && \
 	echo '$$ kv put hello world' && \
@@ -28,29 +28,30 @@ demo: deps hosts
 	echo "$$ cat kv_hello" && cat kv_hello && echo && \
 	echo '$$ kv get missing   (a missing key is NOT_FOUND)' && \
 	{ KV_PLUGIN="$(abspath $(KV_PLUGIN_BIN))" $(CURDIR)/$(HOSTS)/kv-host-current get missing 2>>host.log || true; } && \
-	echo '$$ kv cput hits 5; kv cput hits 7; kv cget hits   (counter-plugin: each Put calls the host back through the broker)' && \
-	KV_PLUGIN="$(abspath $(COUNTER_PLUGIN_BIN))" $(CURDIR)/$(HOSTS)/kv-host-current cput hits 5 2>>host.log && \
-	KV_PLUGIN="$(abspath $(COUNTER_PLUGIN_BIN))" $(CURDIR)/$(HOSTS)/kv-host-current cput hits 7 2>>host.log && \
-	KV_PLUGIN="$(abspath $(COUNTER_PLUGIN_BIN))" $(CURDIR)/$(HOSTS)/kv-host-current cget hits 2>>host.log && \
+	echo '$$ bidirectional put hits 5; bidirectional put hits 7; bidirectional get hits   (go-plugin'"'"'s own example host; counter-plugin calls it back through the broker)' && \
+	COUNTER_PLUGIN="$(abspath $(COUNTER_PLUGIN_BIN))" $(CURDIR)/$(HOSTS)/examples/bidirectional/bidirectional put hits 5 2>>host.log && \
+	COUNTER_PLUGIN="$(abspath $(COUNTER_PLUGIN_BIN))" $(CURDIR)/$(HOSTS)/examples/bidirectional/bidirectional put hits 7 2>>host.log && \
+	COUNTER_PLUGIN="$(abspath $(COUNTER_PLUGIN_BIN))" $(CURDIR)/$(HOSTS)/examples/bidirectional/bidirectional get hits 2>>host.log && \
+	echo "$$ cat kv_hits" && cat kv_hits && echo && \
 	echo "== the host's log of these calls: $$dir/host.log"
 
 ## test: install what is missing, then fmt, clippy, rustdoc and every test
 test: deps hosts python-ref lint doc bench-quick
-	$(CARGO) build $(CARGO_FLAGS) --bins --examples
-	$(CARGO) test $(CARGO_FLAGS) --all-targets
-	$(CARGO) test $(CARGO_FLAGS) --doc
+	$(CARGO) build $(CARGO_FLAGS) --workspace --bins --examples
+	$(CARGO) test $(CARGO_FLAGS) --workspace --all-targets
+	$(CARGO) test $(CARGO_FLAGS) --workspace --doc
 
 ## bench: Rust vs Go vs Python KV plugins through the current go-plugin host
 ## (5 interleaved runs); writes bench/results/results.{json,md,png}
 BENCH_RUNS ?= 5
 BENCH_CALLS ?= 5000
 bench: deps hosts python-ref $(VENV)/bench-stamp
-	$(CARGO) build $(CARGO_FLAGS) --bin kv-plugin
+	$(CARGO) build $(CARGO_FLAGS) --workspace --bin kv-plugin
 	$(VENV)/bin/python bench/run.py --runs $(BENCH_RUNS) --calls $(BENCH_CALLS)
 
 ## bench-quick: the same in a few hundred calls, into .build/bench (run by `make test`)
 bench-quick: $(VENV)/bench-stamp
-	$(CARGO) build $(CARGO_FLAGS) --bin kv-plugin
+	$(CARGO) build $(CARGO_FLAGS) --workspace --bin kv-plugin
 	$(VENV)/bin/python bench/run.py --runs 1 --calls 300 --out $(BUILD)/bench
 
 $(VENV)/bench-stamp: $(VENV)/stamp bench/requirements.txt
@@ -60,10 +61,18 @@ $(VENV)/bench-stamp: $(VENV)/stamp bench/requirements.txt
 deps:
 	@.ci/install-deps
 
-hosts: $(HOSTS)/kv-host-current $(HOSTS)/kv-host-101 $(HOSTS)/kv-plugin-go
+## hosts: the Go test hosts (kv and counter, current go-plugin and 1.0.1), the Go
+## KV plugin, and go-plugin's own grpc and bidirectional examples, into .build/go-hosts
+GO_HOSTS := $(addprefix $(HOSTS)/,kv-host-current kv-host-101 counter-host-current counter-host-101 kv-plugin-go)
+GO_EXAMPLES := $(addprefix $(HOSTS)/examples/,grpc/grpc grpc/plugin-go-grpc bidirectional/bidirectional bidirectional/plugin-go-grpc)
+hosts: $(GO_HOSTS) $(GO_EXAMPLES)
 
-$(HOSTS)/kv-host-current $(HOSTS)/kv-host-101 $(HOSTS)/kv-plugin-go &: $(wildcard tests/fixtures/go-host/*.go) tests/fixtures/go-host/go.mod tests/fixtures/go-host/go.sum tests/fixtures/go-host/build.sh tests/fixtures/go-kv-plugin/main.go proto/kv/kv.proto proto/counter/counter.proto
+$(GO_HOSTS) &: $(wildcard tests/fixtures/go-host/*.go tests/fixtures/go-counter-host/*.go) tests/fixtures/go-host/go.mod tests/fixtures/go-host/go.sum tests/fixtures/go-host/build.sh tests/fixtures/go-kv-plugin/main.go examples/kv-plugin/proto/kv.proto examples/counter-plugin/proto/counter.proto examples/counter-plugin/proto/lender.proto
 	tests/fixtures/go-host/build.sh $(HOSTS)
+
+# go-plugin's examples at the version go.mod pins: rebuilt only when that changes.
+$(GO_EXAMPLES) &: tests/fixtures/go-host/go.mod tests/fixtures/go-examples/build.sh
+	tests/fixtures/go-examples/build.sh $(HOSTS)
 
 python-ref: $(PYGEN)/kv_pb2.py
 
@@ -72,20 +81,20 @@ $(VENV)/stamp: tests/fixtures/python-kv/requirements.txt
 	$(VENV)/bin/pip install --quiet -r tests/fixtures/python-kv/requirements.txt
 	touch $@
 
-$(PYGEN)/kv_pb2.py: $(VENV)/stamp proto/kv/kv.proto proto/plugin/grpc_controller.proto
+$(PYGEN)/kv_pb2.py: $(VENV)/stamp examples/kv-plugin/proto/kv.proto proto/plugin/grpc_controller.proto
 	mkdir -p $(PYGEN)
-	$(VENV)/bin/python -m grpc_tools.protoc -I proto/kv -I proto/plugin \
+	$(VENV)/bin/python -m grpc_tools.protoc -I examples/kv-plugin/proto -I proto/plugin \
 		--python_out=$(PYGEN) --grpc_python_out=$(PYGEN) kv.proto grpc_controller.proto
 
 build:
-	$(CARGO) build $(CARGO_FLAGS) --all-targets
+	$(CARGO) build $(CARGO_FLAGS) --workspace --all-targets
 
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy $(CARGO_FLAGS) --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 
 doc:
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc $(CARGO_FLAGS) --no-deps
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc $(CARGO_FLAGS) --workspace --no-deps
 
 ## fuzz: run the env/handshake fuzz target for FUZZ_SECONDS (default 60); not part of `make test`:
 ## its instrumented build compiles gRPC's C++ core once more (~10 min)

@@ -6,18 +6,15 @@
 //! `cargo bench --bench hot_path` runs it fully; any other invocation (for
 //! example `cargo test --all-targets`) runs a few iterations only.
 
-#[path = "../src/bin/kv-plugin/store.rs"]
-#[allow(dead_code)]
-mod store;
-
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
 use goplugin::grpcio::{ChannelBuilder, EnvBuilder, RpcContext, UnarySink};
-use goplugin::proto::kv::{GetRequest, GetResponse, Kv, KvClient, create_kv};
 use goplugin::{HandshakeConfig, PluginEnv, PluginServer};
-use store::{Durability, Store};
+use kv_plugin::proto::kv::{GetRequest, GetResponse};
+use kv_plugin::proto::kv_grpc::{Kv, KvClient, create_kv};
+use kv_plugin::store::{self, Durability, Store};
 
 fn time(label: &str, iterations: u32, mut op: impl FnMut(u32)) {
     op(0); // warm up
@@ -34,8 +31,10 @@ struct Fixed;
 
 impl Kv for Fixed {
     fn get(&mut self, ctx: RpcContext<'_>, _: GetRequest, sink: UnarySink<GetResponse>) {
-        let mut resp = GetResponse::new();
-        resp.set_value(vec![b'v'; 100]);
+        let resp = GetResponse {
+            value: vec![b'v'; 100],
+            ..GetResponse::default()
+        };
         ctx.spawn(async move {
             let _ = sink.success(resp).await;
         });

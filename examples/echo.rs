@@ -16,8 +16,9 @@ use std::process::{Command, ExitCode};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use goplugin::grpcio::{RpcContext, UnarySink};
-use goplugin::proto::kv::{Empty, GetRequest, GetResponse, Kv, PutRequest, create_kv};
 use goplugin::{BlockingPool, HandshakeConfig};
+use kv_plugin::proto::kv::{Empty, GetRequest, GetResponse, PutRequest};
+use kv_plugin::proto::kv_grpc::{Kv, create_kv};
 
 const HANDSHAKE: HandshakeConfig = HandshakeConfig {
     protocol_version: 1,
@@ -35,9 +36,10 @@ impl Kv for Echo {
     fn get(&mut self, _: RpcContext<'_>, _: GetRequest, sink: UnarySink<GetResponse>) {
         let last = Arc::clone(&self.last);
         self.pool.unary(sink, move || {
-            let mut resp = GetResponse::new();
-            resp.set_value(last.lock().unwrap_or_else(PoisonError::into_inner).clone());
-            Ok(resp)
+            Ok(GetResponse {
+                value: last.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+                ..GetResponse::default()
+            })
         });
     }
 
@@ -59,7 +61,7 @@ impl Kv for Echo {
             log::info!(key = req.key.as_str(); "info line for {value}");
             log::debug!("debug line for {value}");
             *last.lock().unwrap_or_else(PoisonError::into_inner) = req.value;
-            Ok(Empty::new())
+            Ok(Empty::default())
         });
     }
 }

@@ -29,9 +29,13 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 /// work is done.
 ///
 /// ```no_run
+/// # mod kv { pub use kv_plugin::proto::kv::*; }
+/// # mod kv_grpc { pub use kv_plugin::proto::kv_grpc::*; }
+/// // goplugin::include_proto!("kv"): go-plugin's KV example
 /// use goplugin::BlockingPool;
 /// use goplugin::grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
-/// use goplugin::proto::kv::{GetRequest, GetResponse, Kv};
+/// use kv::{GetRequest, GetResponse};
+/// use kv_grpc::Kv;
 ///
 /// #[derive(Clone)]
 /// struct Store {
@@ -43,9 +47,7 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 ///         self.pool.unary(sink, move || {
 ///             let value = std::fs::read(format!("kv_{}", req.key))
 ///                 .map_err(|e| RpcStatus::with_message(RpcStatusCode::NOT_FOUND, e.to_string()))?;
-///             let mut resp = GetResponse::new();
-///             resp.set_value(value);
-///             Ok(resp)
+///             Ok(GetResponse { value, ..Default::default() })
 ///         });
 ///     }
 /// }
@@ -214,16 +216,19 @@ impl BlockingPool {
 /// block; blocking ones use [`BlockingPool::unary`].
 ///
 /// ```no_run
+/// # mod kv { pub use kv_plugin::proto::kv::*; }
+/// # mod kv_grpc { pub use kv_plugin::proto::kv_grpc::*; }
+/// // goplugin::include_proto!("kv"): go-plugin's KV example
 /// use goplugin::grpcio::{RpcContext, UnarySink};
-/// use goplugin::proto::kv::{GetRequest, GetResponse, Kv};
+/// use kv::{GetRequest, GetResponse};
+/// use kv_grpc::Kv;
 ///
 /// #[derive(Clone)]
 /// struct Fixed;
 ///
 /// impl Kv for Fixed {
 ///     fn get(&mut self, ctx: RpcContext, _req: GetRequest, sink: UnarySink<GetResponse>) {
-///         let mut resp = GetResponse::new();
-///         resp.set_value(b"always this".to_vec());
+///         let resp = GetResponse { value: b"always this".to_vec(), ..Default::default() };
 ///         goplugin::answer(&ctx, sink, Ok(resp));
 ///     }
 /// }

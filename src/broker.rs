@@ -43,7 +43,8 @@ use crate::error::{Error, Result};
 use crate::listener::{self, GrpcBind, Listener, RawBind, RawListener, SocketFile, Transport};
 use crate::locks::{lock, wait_for};
 use crate::mux::Muxer;
-use crate::proto::plugin::{ConnInfo, ConnInfo_Knock, GrpcBroker, create_grpc_broker};
+use crate::proto::plugin::conn_info::Knock;
+use crate::proto::plugin::{ConnInfo, GrpcBroker, create_grpc_broker};
 use crate::tls::{self, AutoMtls};
 
 /// How long a dial waits for an id, and how long an unclaimed announcement
@@ -64,8 +65,11 @@ const BRIDGE_IDLE: Duration = Duration::from_secs(10);
 ///
 /// ```no_run
 /// use goplugin::grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
-/// use goplugin::proto::counter::{AddHelperClient, Counter, Empty, PutRequest, SumRequest};
-/// use goplugin::proto::counter::create_counter;
+/// # mod counter { pub use counter_plugin::proto::counter::*; }
+/// # mod counter_grpc { pub use counter_plugin::proto::counter_grpc::*; }
+/// // goplugin::include_proto!("counter"): go-plugin's bidirectional example
+/// use counter::{Empty, PutRequest, SumRequest};
+/// use counter_grpc::{AddHelperClient, Counter, create_counter};
 /// use goplugin::{BlockingPool, Broker, HandshakeConfig, PluginServer};
 ///
 /// #[derive(Clone)]
@@ -82,16 +86,14 @@ const BRIDGE_IDLE: Duration = Duration::from_secs(10);
 ///             let unavailable =
 ///                 |e: String| RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, e);
 ///             let channel = broker
-///                 .dial(req.get_add_server())
+///                 .dial(req.add_server)
 ///                 .map_err(|e| unavailable(e.to_string()))?;
-///             let mut sum = SumRequest::new();
-///             sum.set_a(40);
-///             sum.set_b(req.get_value());
+///             let sum = SumRequest { a: 40, b: req.value, ..Default::default() };
 ///             let reply = AddHelperClient::new(channel)
 ///                 .sum(&sum)
 ///                 .map_err(|e| unavailable(e.to_string()))?;
-///             eprintln!("the host computed {}", reply.get_r());
-///             Ok(Empty::new())
+///             eprintln!("the host computed {}", reply.r);
+///             Ok(Empty::default())
 ///         });
 ///     }
 /// }
@@ -216,11 +218,12 @@ impl Broker {
         match &config.muxer {
             Some(muxer) => muxer.register(id, listener.clone()),
             None => {
-                let mut info = ConnInfo::new();
-                info.set_service_id(id);
-                info.set_network(listener.network.as_str().to_string());
-                info.set_address(listener.address.clone());
-                self.announce(info)?;
+                self.announce(ConnInfo {
+                    service_id: id,
+                    network: listener.network.as_str().to_string(),
+                    address: listener.address.clone(),
+                    ..ConnInfo::default()
+                })?;
             }
         }
         Ok(listener)
@@ -306,9 +309,9 @@ impl Broker {
                 TIMEOUT.as_secs()
             ),
         })?;
-        match info.get_network() {
-            "unix" => Ok(format!("unix:{}", info.get_address())),
-            "tcp" => Ok(info.get_address().to_string()),
+        match info.network.as_str() {
+            "unix" => Ok(format!("unix:{}", info.address)),
+            "tcp" => Ok(info.address.clone()),
             other => Err(Error::Broker {
                 reason: format!("service id {id}: unknown network {other:?} from the host"),
             }),
@@ -416,11 +419,15 @@ impl Broker {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             lock(&self.inner.acks).remove(&id);
-            let mut knock = ConnInfo_Knock::new();
-            knock.set_knock(true);
-            let mut info = ConnInfo::new();
-            info.set_service_id(id);
-            info.set_knock(knock);
+            let info = ConnInfo {
+                service_id: id,
+                knock: Some(Knock {
+                    knock: true,
+                    ..Knock::default()
+                })
+                .into(),
+                ..ConnInfo::default()
+            };
             self.announce(info).map_err(|err| err.to_string())?;
             let error = wait_for(&self.inner.acks, &self.inner.acked, deadline, |acks| {
                 acks.remove(&id)
@@ -466,19 +473,18 @@ impl Broker {
     }
 
     fn receive(&self, mut info: ConnInfo) {
-        if info.has_knock() {
-            let knock = info.take_knock();
-            let id = info.get_service_id();
-            if knock.get_ack() {
-                lock(&self.inner.acks).insert(id, knock.get_error().to_string());
+        if let Some(knock) = info.knock.take() {
+            let id = info.service_id;
+            if knock.ack {
+                lock(&self.inner.acks).insert(id, knock.error);
                 self.inner.acked.notify_all();
-            } else if knock.get_knock() {
+            } else if knock.knock {
                 self.answer_knock(id);
             }
             return;
         }
         let mut received = lock(&self.inner.received);
-        received.insert(info.get_service_id(), (info, Instant::now()));
+        received.insert(info.service_id, (info, Instant::now()));
         self.inner.arrived.notify_all();
     }
 }
@@ -507,14 +513,17 @@ impl Broker {
     }
 
     fn acknowledge(&self, id: u32, error: String) {
-        let mut knock = ConnInfo_Knock::new();
-        knock.set_knock(true);
-        knock.set_ack(true);
-        knock.set_error(error);
-        let mut info = ConnInfo::new();
-        info.set_service_id(id);
-        info.set_knock(knock);
-        let _ = self.announce(info);
+        let knock = Knock {
+            knock: true,
+            ack: true,
+            error,
+            ..Knock::default()
+        };
+        let _ = self.announce(ConnInfo {
+            service_id: id,
+            knock: Some(knock).into(),
+            ..ConnInfo::default()
+        });
     }
 }
 

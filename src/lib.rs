@@ -29,10 +29,22 @@
 //!
 //! # Quick start
 //!
+//! A plugin crate lists `goplugin` under `[dependencies]` and
+//! [`goplugin-build`](https://crates.io/crates/goplugin-build) under
+//! `[build-dependencies]`, and nothing else: `build.rs` is one call,
+//! `goplugin_build::compile_protos(&["proto/kv.proto"], &["proto"])`, and
+//! [`include_proto!`] brings in the messages (`kv`) and the service
+//! (`kv_grpc`: the `Kv` trait and `create_kv`). The plugin for go-plugin's
+//! KV example, whose `kv.proto` has `Get` and `Put`:
+//!
 //! ```no_run
+//! # mod kv { pub use kv_plugin::proto::kv::*; }
+//! # mod kv_grpc { pub use kv_plugin::proto::kv_grpc::*; }
+//! // goplugin::include_proto!("kv");
 //! use goplugin::grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
-//! use goplugin::proto::kv::{create_kv, Empty, GetRequest, GetResponse, Kv, PutRequest};
 //! use goplugin::{BlockingPool, HandshakeConfig};
+//! use kv::{Empty, GetRequest, GetResponse, PutRequest};
+//! use kv_grpc::{Kv, create_kv};
 //!
 //! const HANDSHAKE: HandshakeConfig = HandshakeConfig {
 //!     protocol_version: 1,
@@ -50,9 +62,7 @@
 //!         self.pool.unary(sink, move || {
 //!             let value = std::fs::read(format!("kv_{}", req.key))
 //!                 .map_err(|e| RpcStatus::with_message(RpcStatusCode::NOT_FOUND, e.to_string()))?;
-//!             let mut resp = GetResponse::new();
-//!             resp.set_value(value);
-//!             Ok(resp)
+//!             Ok(GetResponse { value, ..Default::default() })
 //!         });
 //!     }
 //!
@@ -60,14 +70,20 @@
 //!         self.pool.unary(sink, move || {
 //!             std::fs::write(format!("kv_{}", req.key), &req.value)
 //!                 .map_err(|e| RpcStatus::with_message(RpcStatusCode::INTERNAL, e.to_string()))?;
-//!             Ok(Empty::new())
+//!             Ok(Empty::default())
 //!         });
 //!     }
 //! }
 //!
-//! fn main() -> Result<(), goplugin::Error> {
-//!     goplugin::logging::init(log::LevelFilter::Info)?;
-//!     goplugin::serve(HANDSHAKE, create_kv(Store { pool: BlockingPool::new(8) }))
+//! fn main() -> std::process::ExitCode {
+//!     goplugin::plugin_main(HANDSHAKE, "kv", |env| {
+//!         let store = Store { pool: BlockingPool::new(8) };
+//!         goplugin::PluginServer::builder(HANDSHAKE)
+//!             .env(env)
+//!             .service(create_kv(store))
+//!             .build()?
+//!             .serve()
+//!     })
 //! }
 //! ```
 //!
@@ -110,11 +126,12 @@
 //!
 //! # Features
 //!
-//! - `static-libs` (default): on Linux/glibc the final link takes OpenSSL
-//!   and libstdc++ from their static archives, and this package's own
-//!   binaries are linked non-PIE. A plugin starts in about half the time
-//!   and needs no `libssl3` at run time; it gets OpenSSL fixes only when
-//!   rebuilt (see the README's "Security").
+//! - `static-libs` (off by default): on Linux/glibc the final link of every
+//!   binary that links goplugin takes OpenSSL and libstdc++ from their
+//!   static archives. Together with a non-PIE link of the plugin binary
+//!   (its own build script's choice), a plugin starts in about half the
+//!   time and needs no `libssl3` at run time, but gets OpenSSL fixes only
+//!   when rebuilt (see the README's "Faster start-up" and "Security").
 
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations)]
@@ -144,4 +161,32 @@ pub use grpcio;
 pub use handshake::{CORE_PROTOCOL_VERSION, HandshakeConfig, HandshakeLine, Network};
 pub use health::HEALTH_SERVICE_NAME;
 pub use listener::Listener;
+pub use protobuf;
 pub use server::{PluginServer, PluginServerBuilder, ShutdownHandle, plugin_main, serve};
+
+/// Brings in the code `goplugin-build` generated from `NAME.proto`: the
+/// module `NAME` (protobuf messages) and, when the file declares services,
+/// `NAME_grpc` (each service's trait, `create_*` function and client), as
+/// grpcio's generator names them.
+///
+/// ```text
+/// // build.rs
+/// fn main() -> Result<(), goplugin_build::Error> {
+///     goplugin_build::compile_protos(&["proto/greeter.proto"], &["proto"])
+/// }
+///
+/// // src/main.rs
+/// goplugin::include_proto!("greeter");
+/// use greeter::HelloRequest;
+/// use greeter_grpc::{Greeter, create_greeter};
+/// ```
+///
+/// A proto that imports another of your protos needs that one included
+/// next to it (the generated code names it `super::OTHER`); the well-known
+/// types (`google/protobuf/empty.proto`, …) need nothing.
+#[macro_export]
+macro_rules! include_proto {
+    ($name:literal) => {
+        include!(concat!(env!("OUT_DIR"), "/goplugin/", $name, ".rs"));
+    };
+}

@@ -37,8 +37,13 @@ use crate::error::{Error, Result};
 /// [`Error::LoggerAlreadySet`] when another logger was installed first.
 pub fn init(level: LevelFilter) -> Result<()> {
     log::set_boxed_logger(Box::new(HclogLogger { level })).map_err(|_| Error::LoggerAlreadySet)?;
-    log::set_max_level(level);
+    // gRPC core takes its verbosity from the max level when its log is
+    // redirected. Its debug lines are gRPC's internals, not the plugin's
+    // (go-plugin's Go plugins keep grpc-go's own log apart too): the core
+    // logs at Info at most, whatever the plugin's level.
+    log::set_max_level(level.min(LevelFilter::Info));
     grpcio::redirect_log();
+    log::set_max_level(level);
     Ok(())
 }
 

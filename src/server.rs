@@ -6,11 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use grpcio::{ChannelBuilder, EnvBuilder, Environment, ServerBuilder};
-use grpcio_health::HealthService;
 
 use crate::broker::{self, Broker};
 use crate::env::PluginEnv;
@@ -55,8 +53,14 @@ pub fn serve(handshake: HandshakeConfig, service: grpcio::Service) -> Result<()>
 /// 1. without `handshake`'s magic cookie, go-plugin's "This binary is a
 ///    plugin…" message goes to stderr, in plain text, and the exit code is
 ///    1 — nothing else happens, nothing is written on stdout;
-/// 2. logging starts ([`logging::init`](crate::logging::init) at `Info`:
-///    hclog JSON on stderr, which the host re-levels);
+/// 2. logging starts ([`logging::init`](crate::logging::init) at `Trace`:
+///    hclog JSON on stderr; as with go-plugin's Go plugins, the plugin logs
+///    everything and the host filters: go-plugin re-levels each line and
+///    drops those below its own logger's level, e.g. Terraform shows debug
+///    and trace lines only under `TF_LOG=trace`). To log less, install a
+///    logger before calling `plugin_main`, e.g.
+///    `goplugin::logging::init(log::LevelFilter::Info)`: the first logger
+///    installed is the one used;
 /// 3. `run` gets the environment; an error it returns is logged as
 ///    `"<name> cannot serve: <error>"` and the exit code is 1.
 ///
@@ -92,8 +96,8 @@ pub fn plugin_main<E: fmt::Display>(
         return std::process::ExitCode::FAILURE;
     }
     // Fails only when the binary set up another logger first: then that
-    // one is used.
-    let _ = crate::logging::init(log::LevelFilter::Info);
+    // one is used, at its level.
+    let _ = crate::logging::init(log::LevelFilter::Trace);
     match run(env) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
@@ -458,7 +462,7 @@ pub struct PluginServer {
     /// Removed when the server stops (or, if it never served, after
     /// `server` is dropped: fields drop in order).
     socket_file: Option<SocketFile>,
-    health: HealthService,
+    health: health::Health,
     listener: Listener,
     line: HandshakeLine,
     shutdown: ShutdownHandle,
@@ -591,7 +595,6 @@ impl PluginServer {
             let fds = capture.as_ref().map_or([1, 2], stdio::Capture::real_fds);
             watchdog::watch(fds, self.shutdown.clone());
         }
-        measure_cpu_frequency();
         let how = self.shutdown.wait();
         if let Some(capture) = capture {
             capture.finish();
@@ -683,31 +686,6 @@ impl ShutdownHandle {
             requested = wait(changed, requested);
         }
     }
-}
-
-/// Has abseil (inside gRPC's core) measure the CPU's cycle-counter
-/// frequency now, on a thread of its own, once per process.
-///
-/// Where the kernel does not export it, abseil measures it by sleeping 1 ms,
-/// 2 ms, … the first time two threads queue on one `absl::Mutex`, and does
-/// so holding that mutex's spinlock: whichever call or shutdown first meets
-/// such contention stalled for 3.5 ms (measured in `Kill()`, 1 run in 3).
-fn measure_cpu_frequency() {
-    unsafe extern "C" {
-        // absl::base_internal::NominalCPUFrequency(), the abseil that
-        // grpcio-sys builds (lts_2023_01_25): a call_once around the
-        // measurement. A different abseil fails the link, not the run.
-        #[link_name = "_ZN4absl12lts_2023012513base_internal19NominalCPUFrequencyEv"]
-        fn absl_nominal_cpu_frequency() -> f64;
-    }
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = thread::Builder::new()
-            .name("goplugin-cpufreq".into())
-            // SAFETY: a C++ function without arguments that returns a
-            // double and does not throw; the C calling convention matches.
-            .spawn(|| unsafe { absl_nominal_cpu_frequency() });
-    });
 }
 
 /// Installs a SIGINT handler that does nothing (go-plugin's `Serve` catches

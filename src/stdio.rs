@@ -31,11 +31,12 @@ use std::time::{Duration, Instant};
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use grpcio::{RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, WriteFlags};
-use protobuf::well_known_types::Empty;
+use protobuf::well_known_types::empty::Empty;
 
 use crate::locks::lock;
 use crate::logging;
-use crate::proto::plugin::{GrpcStdio, StdioData, StdioData_Channel, create_grpc_stdio};
+use crate::proto::plugin::stdio_data::Channel;
+use crate::proto::plugin::{GrpcStdio, StdioData, create_grpc_stdio};
 
 /// Chunks a subscriber may fall behind before new ones are dropped; also
 /// the most chunks held for the first subscriber.
@@ -83,18 +84,17 @@ impl Subscriber {
         self.hold_until = None;
         self.held
             .drain(..)
-            .filter(|chunk| chunk.get_channel() == StdioData_Channel::STDERR)
+            .filter(|chunk| chunk.channel.enum_value() == Ok(Channel::STDERR))
             .collect()
     }
 }
 
 impl Shared {
-    fn forward(&self, channel: StdioData_Channel, data: &[u8]) {
-        let chunk = || {
-            let mut chunk = StdioData::new();
-            chunk.set_channel(channel);
-            chunk.set_data(data.to_vec());
-            chunk
+    fn forward(&self, channel: Channel, data: &[u8]) {
+        let chunk = || StdioData {
+            channel: channel.into(),
+            data: data.to_vec(),
+            ..StdioData::default()
         };
         let mut subscriber = lock(&self.subscriber);
         if let Some(sender) = subscriber.sender.as_mut() {
@@ -121,7 +121,7 @@ impl Shared {
             return;
         }
         let mut to_stderr = subscriber.stop_holding();
-        if channel == StdioData_Channel::STDERR {
+        if channel == Channel::STDERR {
             to_stderr.push(chunk());
         }
         let real_stderr = subscriber.real_stderr.clone();
@@ -193,7 +193,7 @@ impl Shared {
 fn write_real_stderr(fd: Option<&OwnedFd>, chunks: &[StdioData]) {
     if let Some(fd) = fd {
         for chunk in chunks {
-            logging::write_fd(fd.as_raw_fd(), chunk.get_data());
+            logging::write_fd(fd.as_raw_fd(), &chunk.data);
         }
     }
 }
@@ -318,7 +318,7 @@ impl Capture {
     pub(crate) fn start_readers(&mut self) {
         lock(&self.shared.subscriber).hold_until = Some(Instant::now() + HOLD);
         let pipes = lock(&self.shared.pipes).clone();
-        let channels = [StdioData_Channel::STDOUT, StdioData_Channel::STDERR];
+        let channels = [Channel::STDOUT, Channel::STDERR];
         for (pipe, channel) in pipes.into_iter().zip(channels) {
             if reader(Arc::clone(&self.shared), pipe, channel, self.done.clone()) {
                 self.readers += 1;
@@ -357,11 +357,11 @@ impl Capture {
 fn reader(
     shared: Arc<Shared>,
     pipe: Arc<OwnedFd>,
-    channel: StdioData_Channel,
+    channel: Channel,
     done: std::sync::mpsc::Sender<()>,
 ) -> bool {
     let name = match channel {
-        StdioData_Channel::STDERR => "goplugin-stderr",
+        Channel::STDERR => "goplugin-stderr",
         _ => "goplugin-stdout",
     };
     let spawned = thread::Builder::new().name(name.into()).spawn(move || {

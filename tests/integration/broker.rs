@@ -71,7 +71,7 @@ fn counter_puts_add_through_the_hosts_helper() {
         assert_eq!(out.stdout_str(), "-7\n", "{host:?}/{setup:?}");
         assert_eq!(
             fs::read_to_string(dir.path().join("kv_hits")).unwrap(),
-            "-7",
+            r#"{"Value":-7}"#,
             "{host:?}/{setup:?}"
         );
     }

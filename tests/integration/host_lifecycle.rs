@@ -294,10 +294,12 @@ fn echo_without_host(dir: &Path) -> Running {
 
 /// A Put of `value` to the echo example, which prints it.
 fn echo_put(channel: goplugin::grpcio::Channel, value: &str) {
-    use goplugin::proto::kv::{KvClient, PutRequest};
-    let mut put = PutRequest::new();
-    put.set_key("k".into());
-    put.set_value(value.as_bytes().to_vec());
+    use kv_plugin::proto::{kv::PutRequest, kv_grpc::KvClient};
+    let put = PutRequest {
+        key: "k".into(),
+        value: value.as_bytes().to_vec(),
+        ..Default::default()
+    };
     KvClient::new(channel).put(&put).expect("put");
 }
 
@@ -328,7 +330,7 @@ fn nothing_but_the_handshake_reaches_the_real_stdout() {
 #[test]
 fn output_from_before_the_subscription_reaches_the_subscriber() {
     use futures::StreamExt;
-    use goplugin::proto::plugin::{GrpcStdioClient, StdioData_Channel};
+    use goplugin::proto::plugin::{GrpcStdioClient, stdio_data::Channel};
 
     let dir = tempdir();
     let running = echo_without_host(dir.path());
@@ -338,7 +340,7 @@ fn output_from_before_the_subscription_reaches_the_subscriber() {
 
     let stdio = GrpcStdioClient::new(channel);
     let mut stream = stdio
-        .stream_stdio(&protobuf::well_known_types::Empty::new())
+        .stream_stdio(&goplugin::protobuf::well_known_types::empty::Empty::new())
         .expect("subscribe");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -347,10 +349,10 @@ fn output_from_before_the_subscription_reaches_the_subscriber() {
             let Some(Ok(chunk)) = futures::executor::block_on(stream.next()) else {
                 break;
             };
-            let text = String::from_utf8_lossy(chunk.get_data());
-            match chunk.get_channel() {
-                StdioData_Channel::STDOUT => out.push_str(&text),
-                StdioData_Channel::STDERR => err.push_str(&text),
+            let text = String::from_utf8_lossy(&chunk.data);
+            match chunk.channel.enum_value() {
+                Ok(Channel::STDOUT) => out.push_str(&text),
+                Ok(Channel::STDERR) => err.push_str(&text),
                 _ => {}
             }
         }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use goplugin::proto::kv::{KvClient, PutRequest};
+use kv_plugin::proto::{kv::PutRequest, kv_grpc::KvClient};
 
 use crate::support::{
     COOKIE, Host, HostRun, Output, Plugin, Running, field, plugin_command, run, tempdir,
@@ -255,9 +255,11 @@ fn sigkill_during_puts_never_leaves_a_torn_or_lost_value() {
                     let key = i % 3;
                     let letter = b'a' + ((round as usize * 7 + i) % 26) as u8;
                     *in_flight.lock().unwrap() = Some((key, letter));
-                    let mut req = PutRequest::new();
-                    req.set_key(format!("k{key}"));
-                    req.set_value(crash_value(letter));
+                    let req = PutRequest {
+                        key: format!("k{key}"),
+                        value: crash_value(letter),
+                        ..Default::default()
+                    };
                     if kv.put(&req).is_err() {
                         return;
                     }

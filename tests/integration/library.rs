@@ -9,8 +9,9 @@ use std::time::Duration;
 use goplugin::grpcio::{
     ChannelBuilder, EnvBuilder, RpcContext, RpcStatus, RpcStatusCode, UnarySink,
 };
-use goplugin::proto::kv::{Empty, GetRequest, GetResponse, Kv, KvClient, PutRequest, create_kv};
 use goplugin::{BlockingPool, Error, HandshakeConfig, PluginEnv, PluginServer};
+use kv_plugin::proto::kv::{Empty, GetRequest, GetResponse, PutRequest};
+use kv_plugin::proto::kv_grpc::{Kv, KvClient, create_kv};
 
 const HANDSHAKE: HandshakeConfig = HandshakeConfig {
     protocol_version: 1,
@@ -44,8 +45,10 @@ struct Fixed(&'static [u8]);
 
 impl Kv for Fixed {
     fn get(&mut self, ctx: RpcContext<'_>, _: GetRequest, sink: UnarySink<GetResponse>) {
-        let mut resp = GetResponse::new();
-        resp.set_value(self.0.to_vec());
+        let resp = GetResponse {
+            value: self.0.to_vec(),
+            ..Default::default()
+        };
         ctx.spawn(async move {
             let _ = sink.success(resp).await;
         });
@@ -65,9 +68,11 @@ fn client(address: &str) -> KvClient {
 }
 
 fn get(kv: &KvClient, key: &str) -> Result<Vec<u8>, goplugin::grpcio::Error> {
-    let mut req = GetRequest::new();
-    req.set_key(key.into());
-    kv.get(&req).map(|mut r| r.take_value())
+    let req = GetRequest {
+        key: key.into(),
+        ..Default::default()
+    };
+    kv.get(&req).map(|r| r.value)
 }
 
 /// A builder for an in-process server: no fd capture and no host watchdog,
@@ -197,8 +202,10 @@ impl Kv for Held {
         self.pool.unary(sink, move || {
             let _ = started.send(());
             let _ = release.lock().unwrap().recv();
-            let mut resp = GetResponse::new();
-            resp.set_value(b"finished".to_vec());
+            let resp = GetResponse {
+                value: b"finished".to_vec(),
+                ..Default::default()
+            };
             Ok(resp)
         });
     }
@@ -401,11 +408,12 @@ fn host_side_server(
 }
 
 fn conn_info(id: u32, network: &str, address: &str) -> goplugin::proto::plugin::ConnInfo {
-    let mut info = goplugin::proto::plugin::ConnInfo::new();
-    info.set_service_id(id);
-    info.set_network(network.into());
-    info.set_address(address.into());
-    info
+    goplugin::proto::plugin::ConnInfo {
+        service_id: id,
+        network: network.into(),
+        address: address.into(),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -445,9 +453,9 @@ fn the_broker_dials_what_the_host_announces_and_announces_what_it_serves() {
     let info = futures::executor::block_on(from_plugin.next())
         .expect("an announcement")
         .unwrap();
-    assert_eq!((info.get_service_id(), info.get_network()), (1, "unix"));
+    assert_eq!((info.service_id, info.network.as_str()), (1, "unix"));
     assert_eq!(
-        get(&client(&format!("unix:{}", info.get_address())), "k").unwrap(),
+        get(&client(&format!("unix:{}", info.address)), "k").unwrap(),
         b"from the plugin"
     );
 

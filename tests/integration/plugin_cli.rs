@@ -9,11 +9,12 @@ use std::thread;
 use std::time::Duration;
 
 use goplugin::grpcio::RpcStatusCode;
-use goplugin::proto::kv::{GetRequest, KvClient, PutRequest};
-use grpcio_health::HealthClient;
-use grpcio_health::proto::HealthCheckRequest;
+use goplugin::proto::grpc_health::health_check_response::ServingStatus;
+use goplugin::proto::grpc_health::{HealthCheckRequest, HealthClient};
+use kv_plugin::proto::kv::{GetRequest, PutRequest};
+use kv_plugin::proto::kv_grpc::KvClient;
 
-use crate::support::{COOKIE, Output, Plugin, Running, plugin_command, run, tempdir};
+use crate::support::{COOKIE, Output, Plugin, Running, example_bin, plugin_command, run, tempdir};
 
 /// Environment variables as `(name, value)` pairs.
 type Vars = &'static [(&'static str, &'static str)];
@@ -211,23 +212,29 @@ fn serves_kv_health_and_stops_on_shutdown_with_nothing_more_on_stdout() {
     let running = Running::start(Plugin::Rust, &[COOKIE, ("PLUGIN_PROTOCOL_VERSIONS", "1")]);
     let channel = running.channel();
     let health = HealthClient::new(channel.clone());
-    let mut check = HealthCheckRequest::default();
-    check.set_service("plugin".into());
+    let check = HealthCheckRequest {
+        service: "plugin".into(),
+        ..Default::default()
+    };
     let status = health.check(&check).expect("health check of \"plugin\"");
-    assert_eq!(status.get_status(), grpcio_health::ServingStatus::Serving);
+    assert_eq!(status.status.enum_value(), Ok(ServingStatus::SERVING));
 
     let kv = KvClient::new(channel);
-    let mut put = PutRequest::new();
-    put.set_key("k".into());
-    put.set_value(b"v".to_vec());
+    let put = PutRequest {
+        key: "k".into(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    };
     kv.put(&put).expect("put");
-    let mut get = GetRequest::new();
-    get.set_key("k".into());
+    let mut get = GetRequest {
+        key: "k".into(),
+        ..Default::default()
+    };
     assert_eq!(
-        kv.get(&get).expect("get").get_value(),
+        kv.get(&get).expect("get").value,
         b"v\n\nWritten from plugin-rust"
     );
-    get.set_key("../escape".into());
+    get.key = "../escape".into();
     match kv.get(&get) {
         Err(goplugin::grpcio::Error::RpcFailure(s)) => {
             assert_eq!(s.code(), RpcStatusCode::INVALID_ARGUMENT)
@@ -246,8 +253,10 @@ fn sigint_is_ignored_while_serving() {
     assert_eq!(sent, 0);
     thread::sleep(Duration::from_millis(200));
     let health = HealthClient::new(running.channel());
-    let mut check = HealthCheckRequest::default();
-    check.set_service("plugin".into());
+    let check = HealthCheckRequest {
+        service: "plugin".into(),
+        ..Default::default()
+    };
     health.check(&check).expect("still serving after SIGINT");
     let Output { status, .. } = running.shutdown();
     assert!(status.success(), "{status}");
@@ -292,7 +301,7 @@ fn a_closed_stdout_is_an_error_not_a_panic() {
 fn counter_plugin_prints_only_the_handshake_line() {
     let dir = tempdir();
     let counter = |env: &[(&str, &str)]| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_counter-plugin"));
+        let mut command = std::process::Command::new(example_bin("counter-plugin"));
         command
             .current_dir(dir.path())
             .env_clear()
@@ -318,11 +327,10 @@ fn counter_plugin_prints_only_the_handshake_line() {
 /// without resolving thousands of symbols or relocating itself.
 #[test]
 fn the_plugins_link_openssl_and_libstdcxx_statically_and_are_not_pie() {
-    for binary in [
-        env!("CARGO_BIN_EXE_kv-plugin"),
-        env!("CARGO_BIN_EXE_counter-plugin"),
-    ] {
-        let header = std::fs::read(binary).unwrap();
+    for name in ["kv-plugin", "counter-plugin"] {
+        let path = example_bin(name);
+        let binary = path.display();
+        let header = std::fs::read(&path).unwrap();
         // ELF e_type, little endian: 2 = ET_EXEC, 3 = ET_DYN (PIE).
         assert_eq!(
             u16::from_le_bytes([header[16], header[17]]),
@@ -330,7 +338,7 @@ fn the_plugins_link_openssl_and_libstdcxx_statically_and_are_not_pie() {
             "{binary} is ET_EXEC"
         );
         let out = std::process::Command::new("ldd")
-            .arg(binary)
+            .arg(&path)
             .output()
             .unwrap();
         let needed = String::from_utf8_lossy(&out.stdout);

@@ -18,6 +18,26 @@ pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A binary of the workspace's example crates (`kv-plugin`,
+/// `counter-plugin`), next to this test binary's `deps/` directory. Cargo
+/// builds another package's binaries for a test only when asked:
+/// `cargo build --release --workspace --bins` (`make test` does).
+pub fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary is in <target>/<profile>/deps")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the example plugins with \
+         `cargo build --release --workspace --bins` (or run `make test`)",
+        path.display()
+    );
+    path
+}
+
 /// A go-plugin host fixture (tests/fixtures/go-host).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Host {
@@ -28,19 +48,34 @@ pub enum Host {
 }
 
 impl Host {
+    /// The KV host (tests/fixtures/go-host).
     pub fn path(self) -> PathBuf {
-        let name = match self {
+        go_binary(match self {
             Host::Current => "kv-host-current",
             Host::V101 => "kv-host-101",
-        };
-        let path = repo().join(".build/go-hosts").join(name);
-        assert!(
-            path.exists(),
-            "{} is missing: build the go-plugin test hosts with `make hosts` (or run `make test`)",
-            path.display()
-        );
-        path
+        })
     }
+
+    /// The bidirectional example's host (tests/fixtures/go-counter-host):
+    /// its protos and the KV example's share package `proto`, which one Go
+    /// binary cannot register twice.
+    pub fn counter_path(self) -> PathBuf {
+        go_binary(match self {
+            Host::Current => "counter-host-current",
+            Host::V101 => "counter-host-101",
+        })
+    }
+}
+
+/// A Go binary `make hosts` builds into .build/go-hosts.
+pub fn go_binary(name: &str) -> PathBuf {
+    let path = repo().join(".build/go-hosts").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the go-plugin test hosts with `make hosts` (or run `make test`)",
+        path.display()
+    );
+    path
 }
 
 /// A KV plugin under test.
@@ -58,7 +93,7 @@ impl Plugin {
     /// The command line a host runs (as `sh -c "exec $KV_PLUGIN"`).
     pub fn command(self) -> String {
         match self {
-            Plugin::Rust => env!("CARGO_BIN_EXE_kv-plugin").to_string(),
+            Plugin::Rust => example_bin("kv-plugin").display().to_string(),
             Plugin::Python => {
                 let python = repo().join(".build/venv/bin/python");
                 assert!(
@@ -187,20 +222,26 @@ pub struct HostRun {
 
 impl HostRun {
     pub fn new(host: Host, plugin: Plugin, dir: &Path) -> HostRun {
-        let mut command = Command::new(host.path());
+        HostRun::of(host.path(), plugin.command(), dir)
+    }
+
+    /// A run of the bidirectional example's host with `counter-plugin`.
+    pub fn counter(host: Host, dir: &Path) -> HostRun {
+        let plugin = example_bin("counter-plugin").display().to_string();
+        HostRun::of(host.counter_path(), plugin, dir)
+    }
+
+    fn of(host: PathBuf, plugin: String, dir: &Path) -> HostRun {
+        let mut command = Command::new(host);
         command
             .current_dir(dir)
-            .env("KV_PLUGIN", plugin.command())
+            .env("KV_PLUGIN", plugin)
             // A host sets these itself; none may leak in from the test's environment.
+            .env_remove("COUNTER_PLUGIN")
             .env_remove("BASIC_PLUGIN")
             .env_remove("PLUGIN_CLIENT_CERT")
             .env_remove("PLUGIN_MULTIPLEX_GRPC");
         HostRun { command }
-    }
-
-    /// A host run of the bidirectional example: `counter-plugin`.
-    pub fn counter(host: Host, dir: &Path) -> HostRun {
-        HostRun::new(host, Plugin::Rust, dir).env("KV_PLUGIN", env!("CARGO_BIN_EXE_counter-plugin"))
     }
 
     pub fn env(mut self, key: &str, value: &str) -> HostRun {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use goplugin::grpcio::{ChannelBuilder, ChannelCredentialsBuilder, EnvBuilder};
-use goplugin::proto::kv::{KvClient, PutRequest};
+use kv_plugin::proto::{kv::PutRequest, kv_grpc::KvClient};
 use rcgen::{CertificateParams, KeyPair};
 
 use crate::support::{COOKIE, Output, Plugin, Running, plugin_command, run, tempdir};
@@ -129,8 +129,10 @@ fn a_socket_path_over_the_limit_falls_back_to_tcp_with_a_warning() {
         running.line
     );
     let kv = KvClient::new(running.channel());
-    let mut put = PutRequest::new();
-    put.set_key("k".into());
+    let put = PutRequest {
+        key: "k".into(),
+        ..Default::default()
+    };
     kv.put(&put).expect("the TCP fallback serves");
     let Output { status, .. } = running.shutdown();
     assert!(status.success());
@@ -156,8 +158,10 @@ fn successful_puts(target: &str, creds: Option<goplugin::grpcio::ChannelCredenti
     let kv = KvClient::new(channel);
     (0..3)
         .filter(|i| {
-            let mut put = PutRequest::new();
-            put.set_key(format!("k{i}"));
+            let put = PutRequest {
+                key: format!("k{i}"),
+                ..Default::default()
+            };
             kv.put(&put).is_ok()
         })
         .count()

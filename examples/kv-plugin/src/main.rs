@@ -6,7 +6,7 @@
 //! directory, holding the value and a trailer naming the plugin).
 //! Deliberately better: writes are atomic and durable, keys that are not a
 //! plain file name are refused, and every error has an exact status code
-//! (see `store.rs` and the README).
+//! (see `kv_plugin::store` and the README).
 //!
 //! Settings (environment variables; the host passes its own environment on):
 //!
@@ -16,17 +16,15 @@
 //! | `KV_PLUGIN_MAX_VALUE_BYTES` | largest value a Put accepts, in bytes | 4194304 (4 MiB) |
 //! | `KV_PLUGIN_NETWORK` | `unix` (a unix socket, TCP where that cannot work) or `tcp` | `unix` |
 
-mod store;
-
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use goplugin::grpcio::{RpcContext, UnarySink};
-use goplugin::proto::kv::{Empty, GetRequest, GetResponse, Kv, PutRequest, create_kv};
 use goplugin::{BlockingPool, HandshakeConfig, PluginEnv, PluginServer};
-
-use store::{Durability, Store};
+use kv_plugin::proto::kv::{Empty, GetRequest, GetResponse, PutRequest};
+use kv_plugin::proto::kv_grpc::{Kv, create_kv};
+use kv_plugin::store::{self, Durability, Store};
 
 /// go-plugin's KV example handshake.
 const HANDSHAKE: HandshakeConfig = HandshakeConfig {
@@ -56,10 +54,9 @@ impl Kv for KvService {
     /// thread and back (measured: half the plugin CPU per Get, and more
     /// Gets per second at 16 callers).
     fn get(&mut self, ctx: RpcContext<'_>, req: GetRequest, sink: UnarySink<GetResponse>) {
-        let answer = self.store.get(&req.key).map(|value| {
-            let mut resp = GetResponse::new();
-            resp.set_value(value);
-            resp
+        let answer = self.store.get(&req.key).map(|value| GetResponse {
+            value,
+            ..GetResponse::default()
         });
         goplugin::answer(&ctx, sink, answer);
     }
@@ -69,9 +66,9 @@ impl Kv for KvService {
     fn put(&mut self, _ctx: RpcContext<'_>, mut req: PutRequest, sink: UnarySink<Empty>) {
         let store = Arc::clone(&self.store);
         self.pool.unary(sink, move || {
-            let value = req.take_value();
+            let value = std::mem::take(&mut req.value);
             store.put(&req.key, value)?;
-            Ok(Empty::new())
+            Ok(Empty::default())
         });
     }
 }

@@ -3,9 +3,15 @@
 //! The host serves an `AddHelper` on a brokered id and calls
 //! `Counter.Put{add_server: id, key, value}`; the plugin dials that id
 //! through the broker, asks the host for `Sum(stored, value)` and stores the
-//! result, as decimal text in `kv_<key>` like go-plugin's Go example. The
-//! other direction is here too: `HelperLender.Lend` serves an `AddHelper` of
-//! the plugin's own on a fresh brokered id, which the host dials.
+//! result in `kv_<key>` as go-plugin's Go example does (`{"Value":12}`), so
+//! either plugin reads what the other wrote. The other direction is here
+//! too: `HelperLender.Lend` serves an `AddHelper` of the plugin's own on a
+//! fresh brokered id, which the host dials.
+//!
+//! The services are go-plugin's (`proto.Counter`, `proto.AddHelper`, from
+//! `proto/counter.proto`), so go-plugin's own `examples/bidirectional` host
+//! drives this plugin unchanged; `lender.HelperLender` lives in a package of
+//! its own (`proto/lender.proto`).
 //!
 //! Deliberate differences from the Go example: a `Put` holds the key's lock
 //! across its read, the host's `Sum` and its write, so concurrent `Put`s to
@@ -16,26 +22,24 @@
 //! Settings: `COUNTER_PLUGIN_NETWORK` = `unix` (default) or `tcp`, the
 //! transport of the main and the brokered listeners.
 
-// kv-plugin's store; this plugin uses less of it (no trailer, always durable).
-#[allow(dead_code)]
-#[path = "../kv-plugin/store.rs"]
-mod store;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use goplugin::grpcio::{CallOption, RpcContext, RpcStatus, RpcStatusCode, UnarySink};
-use goplugin::proto::counter::{
-    AddHelper, AddHelperClient, Counter, Empty, GetRequest, GetResponse, HelperLender,
-    LendResponse, PutRequest, SumRequest, SumResponse, create_add_helper, create_counter,
-    create_helper_lender,
+use counter_plugin::proto::counter::{
+    Empty, GetRequest, GetResponse, PutRequest, SumRequest, SumResponse,
 };
+use counter_plugin::proto::counter_grpc::{
+    AddHelper, AddHelperClient, Counter, create_add_helper, create_counter,
+};
+use counter_plugin::proto::lender::LendResponse;
+use counter_plugin::proto::lender_grpc::{HelperLender, create_helper_lender};
+use goplugin::grpcio::{CallOption, RpcContext, RpcStatus, RpcStatusCode, UnarySink};
+use goplugin::protobuf::well_known_types::empty::Empty as WellKnownEmpty;
 use goplugin::{BlockingPool, Broker, HandshakeConfig, PluginEnv, PluginServer};
-
-use store::{Durability, Store};
+use kv_plugin::store::{Durability, Store};
 
 /// go-plugin's bidirectional example handshake (the same as the KV example's).
 const HANDSHAKE: HandshakeConfig = HandshakeConfig {
@@ -47,7 +51,8 @@ const HANDSHAKE: HandshakeConfig = HandshakeConfig {
 /// Concurrent `Put`s and `Lend`s; more callers queue.
 const WORKERS: usize = 16;
 
-/// A counter is a decimal `i64`; anything longer is not one.
+/// A counter file is `{"Value":N}` with N an `i64`; anything longer is not
+/// one.
 const MAX_VALUE: usize = 64;
 
 /// How long the host's `Sum` may take.
@@ -70,10 +75,13 @@ impl CounterService {
             Err(status) => return Err(status),
         };
         let text = String::from_utf8_lossy(&bytes);
-        text.trim().parse().map(Some).map_err(|_| {
+        parse_counter(&text).map(Some).ok_or_else(|| {
             RpcStatus::with_message(
                 RpcStatusCode::FAILED_PRECONDITION,
-                format!("key {key:?} holds {text:?}, which is not a counter (a decimal i64)"),
+                format!(
+                    "key {key:?} holds {text:?}, which is not a counter \
+                     ({{\"Value\":N}} with N an i64, as go-plugin's example writes)"
+                ),
             )
         })
     }
@@ -81,26 +89,27 @@ impl CounterService {
     /// `Put`: stored + value, added by the host's `AddHelper` on broker id
     /// `add_server`.
     fn add(&self, req: &PutRequest) -> Result<Empty, RpcStatus> {
-        self.locks.with(req.get_key(), || self.add_locked(req))
+        self.locks.with(&req.key, || self.add_locked(req))
     }
 
     fn add_locked(&self, req: &PutRequest) -> Result<Empty, RpcStatus> {
-        let key = req.get_key();
+        let key = &req.key;
         let stored = self.read(key)?.unwrap_or(0);
-        let id = req.get_add_server();
+        let id = req.add_server;
         let channel = self
             .broker
             .dial(id)
             .map_err(|err| RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, err.to_string()))?;
-        let mut sum = SumRequest::new();
-        sum.set_a(stored);
-        sum.set_b(req.get_value());
+        let sum = SumRequest {
+            a: stored,
+            b: req.value,
+            ..SumRequest::default()
+        };
         let reply = AddHelperClient::new(channel)
             .sum_opt(&sum, CallOption::default().timeout(SUM_TIMEOUT))
             .map_err(|err| host_failure(id, err))?;
-        self.store
-            .put(key, reply.get_r().to_string().into_bytes())?;
-        Ok(Empty::new())
+        self.store.put(key, format_counter(reply.r).into_bytes())?;
+        Ok(Empty::default())
     }
 }
 
@@ -126,15 +135,14 @@ impl Counter for CounterService {
     }
 
     fn get(&mut self, ctx: RpcContext<'_>, req: GetRequest, sink: UnarySink<GetResponse>) {
-        let answer = match self.read(req.get_key()) {
-            Ok(Some(value)) => {
-                let mut resp = GetResponse::new();
-                resp.set_value(value);
-                Ok(resp)
-            }
+        let answer = match self.read(&req.key) {
+            Ok(Some(value)) => Ok(GetResponse {
+                value,
+                ..GetResponse::default()
+            }),
             Ok(None) => Err(RpcStatus::with_message(
                 RpcStatusCode::NOT_FOUND,
-                format!("no counter under key {:?}", req.get_key()),
+                format!("no counter under key {:?}", req.key),
             )),
             Err(status) => Err(status),
         };
@@ -144,7 +152,7 @@ impl Counter for CounterService {
 
 impl HelperLender for CounterService {
     /// Serves a [`PluginAdder`] on a new brokered id and returns the id.
-    fn lend(&mut self, _ctx: RpcContext<'_>, _req: Empty, sink: UnarySink<LendResponse>) {
+    fn lend(&mut self, _ctx: RpcContext<'_>, _req: WellKnownEmpty, sink: UnarySink<LendResponse>) {
         let broker = self.broker.clone();
         self.pool.unary(sink, move || {
             let id = broker.next_id();
@@ -153,9 +161,10 @@ impl HelperLender for CounterService {
                 .map_err(|err| {
                     RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, err.to_string())
                 })?;
-            let mut resp = LendResponse::new();
-            resp.set_helper_id(id);
-            Ok(resp)
+            Ok(LendResponse {
+                helper_id: id,
+                ..LendResponse::default()
+            })
         });
     }
 }
@@ -166,19 +175,34 @@ struct PluginAdder;
 
 impl AddHelper for PluginAdder {
     fn sum(&mut self, ctx: RpcContext<'_>, req: SumRequest, sink: UnarySink<SumResponse>) {
-        let answer = match req.get_a().checked_add(req.get_b()) {
-            Some(r) => {
-                let mut resp = SumResponse::new();
-                resp.set_r(r);
-                Ok(resp)
-            }
+        let answer = match req.a.checked_add(req.b) {
+            Some(r) => Ok(SumResponse {
+                r,
+                ..SumResponse::default()
+            }),
             None => Err(RpcStatus::with_message(
                 RpcStatusCode::OUT_OF_RANGE,
-                format!("{} + {} overflows an i64", req.get_a(), req.get_b()),
+                format!("{} + {} overflows an i64", req.a, req.b),
             )),
         };
         goplugin::answer(&ctx, sink, answer);
     }
+}
+
+/// A counter as go-plugin's Go example stores it: `json.Marshal` of
+/// `struct{ Value int64 }`.
+fn format_counter(value: i64) -> String {
+    format!("{{\"Value\":{value}}}")
+}
+
+/// The counter in a file written by [`format_counter`] or by the Go example
+/// (any JSON white space around the tokens).
+fn parse_counter(text: &str) -> Option<i64> {
+    let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let (name, value) = inner.split_once(':')?;
+    (name.trim() == "\"Value\"")
+        .then(|| value.trim().parse().ok())
+        .flatten()
 }
 
 /// One lock per key, held from a `Put`'s read to its write. A key's entry
@@ -242,4 +266,32 @@ fn main() -> ExitCode {
     // A person who runs the binary by hand gets go-plugin's message, in
     // plain text, and nothing else happens; logs are hclog JSON on stderr.
     goplugin::plugin_main(HANDSHAKE, "counter-plugin", run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{format_counter, parse_counter};
+
+    #[test]
+    fn counters_are_stored_as_the_go_example_stores_them() {
+        assert_eq!(format_counter(12), r#"{"Value":12}"#);
+        assert_eq!(
+            format_counter(i64::MIN),
+            r#"{"Value":-9223372036854775808}"#
+        );
+        for value in [0, -1, 12, i64::MAX, i64::MIN] {
+            assert_eq!(parse_counter(&format_counter(value)), Some(value));
+        }
+        assert_eq!(parse_counter(" { \"Value\" : 7 }\n"), Some(7));
+        for bad in [
+            "12",
+            "{}",
+            r#"{"value":1}"#,
+            r#"{"Value":"1"}"#,
+            r#"{"Value":1"#,
+            "",
+        ] {
+            assert_eq!(parse_counter(bad), None, "{bad:?}");
+        }
+    }
 }
