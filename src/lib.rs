@@ -161,6 +161,7 @@ pub use grpcio;
 pub use handshake::{CORE_PROTOCOL_VERSION, HandshakeConfig, HandshakeLine, Network};
 pub use health::HEALTH_SERVICE_NAME;
 pub use listener::Listener;
+pub use log;
 pub use protobuf;
 pub use server::{PluginServer, PluginServerBuilder, ShutdownHandle, plugin_main, serve};
 

@@ -5,6 +5,7 @@
 //! `make test` builds (`make hosts python-ref` alone also works).
 
 mod broker;
+mod go_examples;
 mod host_lifecycle;
 mod kv_store;
 mod library;
@@ -12,3 +13,4 @@ mod matrix;
 mod plugin_cli;
 mod support;
 mod transport;
+mod user_crate;

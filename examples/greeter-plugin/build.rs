@@ -1,0 +1,3 @@
+fn main() -> Result<(), goplugin_build::Error> {
+    goplugin_build::compile_protos(&["proto/greeter.proto"], &["proto"])
+}

@@ -1,0 +1,145 @@
+//! The example plugins under go-plugin's own example hosts, unmodified
+//! (`examples/grpc` and `examples/bidirectional` at the pinned go-plugin
+//! release, built by `make hosts` from the Go module proxy), run as their
+//! README says, next to go-plugin's own Go plugins for the same examples.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::{Output, example_bin, go_binary, gone_within, run, tempdir};
+
+/// go-plugin's KV example host with `KV_PLUGIN=plugin`, in `dir`.
+fn kv_host(plugin: &Path, dir: &Path, tmp: &Path, args: &[&str]) -> Output {
+    let mut command = Command::new(go_binary("examples/grpc/grpc"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("KV_PROTO", "grpc")
+        .env("KV_PLUGIN", plugin)
+        .env("TMPDIR", tmp)
+        .env_remove("BASIC_PLUGIN");
+    run(command)
+}
+
+/// go-plugin's bidirectional example host with `COUNTER_PLUGIN=plugin`.
+fn counter_host(plugin: &Path, dir: &Path, tmp: &Path, args: &[&str]) -> Output {
+    let mut command = Command::new(go_binary("examples/bidirectional/bidirectional"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("COUNTER_PLUGIN", plugin)
+        .env("TMPDIR", tmp)
+        .env_remove("BASIC_PLUGIN");
+    run(command)
+}
+
+/// The pids of processes whose working directory is `dir`.
+fn processes_in(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
+        .collect()
+}
+
+/// Every plugin started in `dir` has exited within a second of its host,
+/// and `tmp` holds no socket file.
+#[track_caller]
+fn nothing_left(dir: &Path, tmp: &Path) {
+    for pid in processes_in(dir) {
+        assert!(
+            gone_within(pid, Duration::from_secs(1)),
+            "process {pid} in {} outlived its host",
+            dir.display()
+        );
+    }
+    let left: Vec<_> = fs::read_dir(tmp)
+        .expect("tmp dir")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}
+
+#[test]
+fn kv_plugin_under_go_plugins_own_kv_example_host() {
+    let (dir, tmp) = (tempdir(), tempdir());
+    let plugin = example_bin("kv-plugin");
+    kv_host(&plugin, dir.path(), tmp.path(), &["put", "hello", "world"]).assert_success();
+    let out = kv_host(&plugin, dir.path(), tmp.path(), &["get", "hello"]);
+    out.assert_success();
+    assert_eq!(out.stdout_str(), "world\n\nWritten from plugin-rust\n");
+
+    // The example host prints the error and exits 1, without calling
+    // Kill(): the plugin must notice on its own that its host is gone.
+    let out = kv_host(&plugin, dir.path(), tmp.path(), &["get", "missing"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stdout_str()
+            .starts_with("error: rpc error: code = NotFound desc = "),
+        "{}",
+        out.stdout_str()
+    );
+    nothing_left(dir.path(), tmp.path());
+}
+
+#[test]
+fn kv_plugin_reads_what_go_plugins_own_kv_plugin_wrote() {
+    let (dir, tmp) = (tempdir(), tempdir());
+    let go = go_binary("examples/grpc/plugin-go-grpc");
+    kv_host(&go, dir.path(), tmp.path(), &["put", "k", "from go"]).assert_success();
+    let out = kv_host(
+        &example_bin("kv-plugin"),
+        dir.path(),
+        tmp.path(),
+        &["get", "k"],
+    );
+    out.assert_success();
+    // The Go plugin's trailer, stored with the value, comes back as is.
+    assert_eq!(out.stdout_str(), "from go\n\nWritten from plugin-go-grpc\n");
+    nothing_left(dir.path(), tmp.path());
+}
+
+#[test]
+fn counter_plugin_under_go_plugins_own_bidirectional_example_host() {
+    let (dir, tmp) = (tempdir(), tempdir());
+    let plugin = example_bin("counter-plugin");
+    // Each put: the host serves AddHelper on a broker id, the plugin dials
+    // it and asks the host for stored + N.
+    counter_host(&plugin, dir.path(), tmp.path(), &["put", "hits", "5"]).assert_success();
+    counter_host(&plugin, dir.path(), tmp.path(), &["put", "hits", "7"]).assert_success();
+    let out = counter_host(&plugin, dir.path(), tmp.path(), &["get", "hits"]);
+    out.assert_success();
+    assert_eq!(out.stdout_str(), "12\n");
+    assert_eq!(
+        fs::read_to_string(dir.path().join("kv_hits")).expect("kv_hits"),
+        r#"{"Value":12}"#,
+        "stored as the Go example stores it"
+    );
+
+    let out = counter_host(&plugin, dir.path(), tmp.path(), &["get", "missing"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stdout_str()
+            .starts_with("Error: rpc error: code = NotFound desc = "),
+        "{}",
+        out.stdout_str()
+    );
+    nothing_left(dir.path(), tmp.path());
+}
+
+#[test]
+fn counter_plugin_and_go_plugins_own_counter_plugin_share_their_files() {
+    let (dir, tmp) = (tempdir(), tempdir());
+    let rust = example_bin("counter-plugin");
+    let go = go_binary("examples/bidirectional/plugin-go-grpc");
+    counter_host(&go, dir.path(), tmp.path(), &["put", "k", "40"]).assert_success();
+    counter_host(&rust, dir.path(), tmp.path(), &["put", "k", "2"]).assert_success();
+    let out = counter_host(&go, dir.path(), tmp.path(), &["get", "k"]);
+    out.assert_success();
+    assert_eq!(out.stdout_str(), "42\n");
+    nothing_left(dir.path(), tmp.path());
+}
