@@ -28,32 +28,21 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt, TryStreamExt};
-use grpcio::{ChannelBuilder, DuplexSink, Environment, RequestStream, RpcContext, WriteFlags};
+use grpcio::{DuplexSink, RequestStream, RpcContext, WriteFlags};
 
-use crate::env::PluginEnv;
 use crate::error::{Error, Result};
-use crate::listener::{self, GrpcBind, Listener, RawBind, RawListener, SocketFile, Transport};
+use crate::listener::{Listener, SocketFile};
 use crate::locks::{lock, wait_for};
-use crate::mux::Muxer;
 use crate::proto::plugin::conn_info::Knock;
 use crate::proto::plugin::{ConnInfo, GrpcBroker, create_grpc_broker};
-use crate::tls::{self, AutoMtls};
-
-/// How long a dial waits for an id, and how long an unclaimed announcement
-/// is kept: go-plugin's 5 s.
-const TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A multiplexed dial's local listener closes after this long without a
-/// connection (its channel was dropped, or never used).
-const BRIDGE_IDLE: Duration = Duration::from_secs(10);
+use crate::transport::{self, BROKER_TIMEOUT as TIMEOUT, Rendezvous, Transport};
 
 /// A handle on the plugin's broker. Cheap to clone; get it from
 /// [`PluginServerBuilder::broker`](crate::PluginServerBuilder::broker)
@@ -134,7 +123,7 @@ struct Inner {
     /// Our announcements: the open stream's sender, or a queue until the
     /// host opens the stream.
     outgoing: Mutex<Outgoing>,
-    config: OnceLock<Config>,
+    transport: OnceLock<Arc<Transport>>,
     servers: Mutex<Vec<(grpcio::Server, Option<SocketFile>)>>,
     /// Multiplexed dials: the host's knock acknowledgements by id (the
     /// error it sent, empty for none), one knock at a time as in Go.
@@ -142,10 +131,6 @@ struct Inner {
     acked: Condvar,
     knocking: Mutex<()>,
     closed: AtomicBool,
-    /// Socket files of multiplexed dials' local listeners, by bridge: a
-    /// bridge removes its own when it ends, shutdown whatever is left.
-    bridge_sockets: Mutex<HashMap<u64, SocketFile>>,
-    next_bridge: AtomicU64,
 }
 
 #[derive(Default)]
@@ -155,18 +140,6 @@ struct Outgoing {
     closed: bool,
 }
 
-/// What brokered connections need from the main server's set-up.
-pub(crate) struct Config {
-    pub(crate) env: PluginEnv,
-    pub(crate) transport: Transport,
-    pub(crate) tls: Option<Arc<AutoMtls>>,
-    pub(crate) grpc_env: Arc<Environment>,
-    /// The main server's message limit, for brokered servers too.
-    pub(crate) max_message_size: Option<usize>,
-    /// Set when the host multiplexes.
-    pub(crate) muxer: Option<Arc<Muxer>>,
-}
-
 impl Broker {
     /// A fresh service id for [`accept_and_serve`](Self::accept_and_serve),
     /// to pass to the host inside an application message.
@@ -174,8 +147,8 @@ impl Broker {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn config(&self) -> Result<&Config> {
-        self.inner.config.get().ok_or_else(|| Error::Broker {
+    fn transport(&self) -> Result<&Arc<Transport>> {
+        self.inner.transport.get().ok_or_else(|| Error::Broker {
             reason: "the plugin server is not built yet; use the broker from service handlers"
                 .into(),
         })
@@ -188,44 +161,18 @@ impl Broker {
     /// nothing is announced: the host knocks for `id` and its next stream
     /// is bridged to it.
     pub fn accept_and_serve(&self, id: u32, services: Vec<grpcio::Service>) -> Result<Listener> {
-        let config = self.config()?;
-        let mut builder = crate::server::grpc_server(&config.grpc_env, config.max_message_size);
-        for service in services {
-            builder = builder.register_service(service);
+        let transport = self.transport()?;
+        let mut server = transport.server(services)?;
+        let (listener, socket) = transport.serve_brokered(id, &mut server, self)?;
+        // Checked under the lock `shutdown` takes the servers with: a
+        // server added after that would never be stopped.
+        let mut servers = lock(&self.inner.servers);
+        if self.inner.closed.load(Ordering::Relaxed) {
+            drop(servers);
+            transport::stop_server(&mut server, Duration::ZERO);
+            return Err(shutting_down());
         }
-        let mut server = builder.build()?;
-        let credentials = || tls::listener_credentials(config.tls.as_deref());
-        let mut binder = GrpcBind {
-            server: &mut server,
-            creds: &credentials,
-        };
-        let (listener, socket) = match config.muxer {
-            Some(_) => listener::bind_local(&mut binder, &config.env)?,
-            None => listener::bind(&mut binder, config.transport, &config.env)?,
-        };
-        server.start();
-        {
-            // Checked under the lock `shutdown` takes the servers with: a
-            // server added after that would never be stopped.
-            let mut servers = lock(&self.inner.servers);
-            if self.inner.closed.load(Ordering::Relaxed) {
-                drop(servers);
-                crate::server::stop_grpc_server(&mut server, Duration::ZERO);
-                return Err(shutting_down());
-            }
-            servers.push((server, socket));
-        }
-        match &config.muxer {
-            Some(muxer) => muxer.register(id, listener.clone()),
-            None => {
-                self.announce(ConnInfo {
-                    service_id: id,
-                    network: listener.network.as_str().to_string(),
-                    address: listener.address.clone(),
-                    ..ConnInfo::default()
-                })?;
-            }
-        }
+        servers.push((server, socket));
         Ok(listener)
     }
 
@@ -251,160 +198,7 @@ impl Broker {
     /// its last connection ended: dial again for a new channel rather than
     /// keeping an idle one for later.
     pub fn dial(&self, id: u32) -> Result<grpcio::Channel> {
-        let config = self.config()?;
-        let Some(muxer) = &config.muxer else {
-            return Ok(self.channel(config, &self.announced_target(id)?));
-        };
-        let failure = Arc::new(Mutex::new(None));
-        let listener = self.bridge(id, config, Arc::clone(muxer), Arc::clone(&failure))?;
-        let channel = self.channel(config, &listener.dial_target());
-        // Connect now, so that an id the host does not serve fails here, as
-        // it does without multiplexing, rather than at the first call.
-        let deadline = Instant::now() + TIMEOUT + Duration::from_secs(1);
-        while Instant::now() < deadline {
-            let step = channel.wait_for_connected(Duration::from_millis(100));
-            if futures::executor::block_on(step) {
-                return Ok(channel);
-            }
-            if let Some(why) = lock(&failure).take() {
-                return Err(Error::Broker {
-                    reason: format!("cannot dial service id {id}: {why}"),
-                });
-            }
-        }
-        Err(Error::Broker {
-            reason: format!(
-                "cannot dial service id {id}: the connection through the multiplexed \
-                 stream did not come up"
-            ),
-        })
-    }
-
-    fn channel(&self, config: &Config, target: &str) -> grpcio::Channel {
-        let builder = ChannelBuilder::new(Arc::clone(&config.grpc_env));
-        match &config.tls {
-            Some(tls) => builder
-                .override_ssl_target("localhost")
-                .set_credentials(tls.channel_credentials())
-                .connect(target),
-            None => builder.connect(target),
-        }
-    }
-
-    /// Where the host's announcement for `id` says to connect.
-    fn announced_target(&self, id: u32) -> Result<String> {
-        let deadline = Instant::now() + TIMEOUT;
-        let info = wait_for(
-            &self.inner.received,
-            &self.inner.arrived,
-            deadline,
-            |received| {
-                received.retain(|_, (_, at)| at.elapsed() < TIMEOUT);
-                received.remove(&id).map(|(info, _)| info)
-            },
-        )
-        .ok_or_else(|| Error::Broker {
-            reason: format!(
-                "the host announced no connection for service id {id} within {} s",
-                TIMEOUT.as_secs()
-            ),
-        })?;
-        match info.network.as_str() {
-            "unix" => Ok(format!("unix:{}", info.address)),
-            "tcp" => Ok(info.address.clone()),
-            other => Err(Error::Broker {
-                reason: format!("service id {id}: unknown network {other:?} from the host"),
-            }),
-        }
-    }
-
-    /// A local listener whose connections are knocked through to the
-    /// host's `id` over the multiplexed connection.
-    fn bridge(
-        &self,
-        id: u32,
-        config: &Config,
-        muxer: Arc<Muxer>,
-        failure: Arc<Mutex<Option<String>>>,
-    ) -> Result<Listener> {
-        let mut binder = RawBind::default();
-        let (listener, socket) = listener::bind_local(&mut binder, &config.env)?;
-        let Some(raw) = binder.0 else {
-            return Err(Error::Broker {
-                reason: "no local listener for a multiplexed dial".into(),
-            });
-        };
-        let bridge = self.inner.next_bridge.fetch_add(1, Ordering::Relaxed);
-        if let Some(socket) = socket {
-            lock(&self.inner.bridge_sockets).insert(bridge, socket);
-        }
-        let broker = self.clone();
-        thread::Builder::new()
-            .name("goplugin-broker-dial".into())
-            .spawn(move || {
-                broker.run_bridge(id, raw, &muxer, &failure);
-                lock(&broker.inner.bridge_sockets).remove(&bridge);
-            })
-            .map_err(|err| Error::Broker {
-                reason: format!("cannot start a thread for a multiplexed dial: {err}"),
-            })?;
-        Ok(listener)
-    }
-
-    /// Takes the dial listener's connections until the broker closes or
-    /// the listener has been idle for [`BRIDGE_IDLE`].
-    fn run_bridge(
-        &self,
-        id: u32,
-        raw: RawListener,
-        muxer: &Muxer,
-        failure: &Mutex<Option<String>>,
-    ) {
-        let active = Arc::new(AtomicUsize::new(0));
-        let mut idle_since = Instant::now();
-        while !self.inner.closed.load(Ordering::Relaxed) {
-            if active.load(Ordering::Relaxed) > 0 {
-                idle_since = Instant::now();
-            } else if idle_since.elapsed() >= BRIDGE_IDLE {
-                break;
-            }
-            let mut poll = libc::pollfd {
-                fd: raw.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, for the lifetime of the call.
-            if unsafe { libc::poll(&mut poll, 1, 200) } <= 0 {
-                continue;
-            }
-            let Ok(local) = raw.accept() else { continue };
-            let Some(session) = muxer.session().cloned() else {
-                *lock(failure) = Some("the host has not connected".to_string());
-                continue;
-            };
-            let knocked = match self.knock(id) {
-                Ok(knocked) => knocked,
-                Err(err) => {
-                    log::warn!("broker: {err}");
-                    *lock(failure) = Some(err);
-                    continue;
-                }
-            };
-            active.fetch_add(1, Ordering::Relaxed);
-            let ended = Arc::clone(&active);
-            let on_end = Box::new(move || {
-                ended.fetch_sub(1, Ordering::Relaxed);
-            });
-            // After an acknowledged knock a stream must follow: the host
-            // has unblocked its listener for it.
-            let opened = session.open(local, on_end);
-            drop(knocked);
-            if let Err(err) = opened {
-                active.fetch_sub(1, Ordering::Relaxed);
-                log::warn!("broker: cannot open a multiplexed stream for id {id}: {err}");
-                *lock(failure) = Some(err.to_string());
-            }
-        }
+        self.transport()?.dial_brokered(id, Arc::new(self.clone()))
     }
 
     /// go-plugin's knock: tells the host that the next stream the plugin
@@ -412,7 +206,7 @@ impl Broker {
     /// not listening on `id` yet says so in its acknowledgement; that is
     /// retried within the 5 s, since hosts start serving and send the id
     /// concurrently.
-    fn knock(&self, id: u32) -> std::result::Result<MutexGuard<'_, ()>, String> {
+    fn knock_for(&self, id: u32) -> std::result::Result<MutexGuard<'_, ()>, String> {
         // Held by the caller until its stream is open: the host gives the
         // next stream it accepts to the id it acknowledged last.
         let one_at_a_time = lock(&self.inner.knocking);
@@ -450,9 +244,9 @@ impl Broker {
         }
     }
 
-    /// Wires the broker to the built server.
-    pub(crate) fn configure(&self, config: Config) {
-        let _ = self.inner.config.set(config);
+    /// Wires the broker to the built server's transport.
+    pub(crate) fn attach(&self, transport: Arc<Transport>) {
+        let _ = self.inner.transport.set(transport);
     }
 
     /// Ends the broker stream and stops every brokered server.
@@ -465,11 +259,9 @@ impl Broker {
         }
         let servers = std::mem::take(&mut *lock(&self.inner.servers));
         for (mut server, socket) in servers {
-            crate::server::stop_grpc_server(&mut server, Duration::ZERO);
+            transport::stop_server(&mut server, Duration::ZERO);
             drop(socket);
         }
-        // The bridges' threads notice within 200 ms; the files go now.
-        lock(&self.inner.bridge_sockets).clear();
     }
 
     fn receive(&self, mut info: ConnInfo) {
@@ -490,25 +282,15 @@ impl Broker {
 }
 
 impl Broker {
-    /// The host knocked for `id`: route its next stream, and say so. A
-    /// knock for an id not served yet is answered from a thread of its own
-    /// once it is (or after 5 s): this runs on the broker stream's thread.
+    /// The host knocked for `id`: route its next stream, and say so (the
+    /// transport answers at once, or from a thread: this runs on the broker
+    /// stream's thread).
     fn answer_knock(&self, id: u32) {
-        let Some(muxer) = self.config().ok().and_then(|c| c.muxer.clone()) else {
-            return self.acknowledge(id, "the plugin does not multiplex".to_string());
-        };
-        if muxer.accept_knock(id, Duration::ZERO).is_ok() {
-            return self.acknowledge(id, String::new());
-        }
         let broker = self.clone();
-        let waiting = thread::Builder::new()
-            .name("goplugin-broker-knock".into())
-            .spawn(move || {
-                let error = muxer.accept_knock(id, TIMEOUT).err();
-                broker.acknowledge(id, error.unwrap_or_default());
-            });
-        if let Err(err) = waiting {
-            self.acknowledge(id, format!("cannot wait for broker id {id}: {err}"));
+        let reply = move |error| broker.acknowledge(id, error);
+        match self.transport() {
+            Ok(transport) => transport.answer_knock(id, reply),
+            Err(err) => reply(err.to_string()),
         }
     }
 
@@ -524,6 +306,50 @@ impl Broker {
             knock: Some(knock).into(),
             ..ConnInfo::default()
         });
+    }
+}
+
+impl Rendezvous for Broker {
+    fn announce(&self, id: u32, listener: &Listener) -> Result<()> {
+        Broker::announce(
+            self,
+            ConnInfo {
+                service_id: id,
+                network: listener.network.as_str().to_string(),
+                address: listener.address.clone(),
+                ..ConnInfo::default()
+            },
+        )
+    }
+
+    fn announced(&self, id: u32) -> Result<String> {
+        let deadline = Instant::now() + TIMEOUT;
+        let info = wait_for(
+            &self.inner.received,
+            &self.inner.arrived,
+            deadline,
+            |received| {
+                received.retain(|_, (_, at)| at.elapsed() < TIMEOUT);
+                received.remove(&id).map(|(info, _)| info)
+            },
+        )
+        .ok_or_else(|| Error::Broker {
+            reason: format!(
+                "the host announced no connection for service id {id} within {} s",
+                TIMEOUT.as_secs()
+            ),
+        })?;
+        match info.network.as_str() {
+            "unix" => Ok(format!("unix:{}", info.address)),
+            "tcp" => Ok(info.address),
+            other => Err(Error::Broker {
+                reason: format!("service id {id}: unknown network {other:?} from the host"),
+            }),
+        }
+    }
+
+    fn knock(&self, id: u32) -> std::result::Result<MutexGuard<'_, ()>, String> {
+        self.knock_for(id)
     }
 }
 

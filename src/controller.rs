@@ -15,7 +15,7 @@ use futures::FutureExt;
 use grpcio::{RpcContext, UnarySink};
 
 use crate::proto::plugin::{Empty, GrpcController, create_grpc_controller};
-use crate::server::ShutdownHandle;
+use crate::shutdown::ShutdownHandle;
 use crate::stdio;
 
 /// How long `Shutdown` waits for the plugin's last output to be written to

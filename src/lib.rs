@@ -133,7 +133,7 @@
 //!   time and needs no `libssl3` at run time, but gets OpenSSL fixes only
 //!   when rebuilt (see the README's "Faster start-up" and "Security").
 
-#![deny(missing_docs)]
+#![deny(missing_docs, unsafe_code)]
 #![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations)]
 
 mod blocking;
@@ -149,9 +149,15 @@ pub mod logging;
 mod mux;
 pub mod proto;
 mod server;
+mod shutdown;
 mod stdio;
+// The crate's one place for calls into the C library.
+#[allow(unsafe_code)]
+mod sys;
 mod tls;
+mod transport;
 mod watchdog;
+mod yamux;
 
 pub use blocking::{BlockingPool, answer};
 pub use broker::Broker;
@@ -163,7 +169,8 @@ pub use health::HEALTH_SERVICE_NAME;
 pub use listener::Listener;
 pub use log;
 pub use protobuf;
-pub use server::{PluginServer, PluginServerBuilder, ShutdownHandle, plugin_main, serve};
+pub use server::{PluginServer, PluginServerBuilder, plugin_main, serve};
+pub use shutdown::ShutdownHandle;
 
 /// Brings in the code `goplugin-build` generated from `NAME.proto`: the
 /// module `NAME` (protobuf messages) and, when the file declares services,

@@ -15,7 +15,6 @@ use std::ffi::CString;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -23,6 +22,7 @@ use std::path::{Path, PathBuf};
 use crate::env::{PLUGIN_UNIX_SOCKET_DIR, PLUGIN_UNIX_SOCKET_GROUP, PluginEnv, PortRange};
 use crate::error::{Error, Result};
 use crate::handshake::Network;
+use crate::sys;
 
 /// Longest unix socket path Linux accepts (`sun_path` is 108 bytes, NUL included).
 const MAX_SOCKET_PATH: usize = 107;
@@ -48,9 +48,9 @@ impl Listener {
     }
 }
 
-/// Which listener to open.
+/// Which listener to open for what the host dials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Transport {
+pub(crate) enum Prefer {
     /// A unix socket, falling back to TCP where that cannot work.
     Unix,
     /// TCP only.
@@ -176,24 +176,17 @@ impl Conn {
     /// Writes what the socket takes without blocking: the count, 0 when
     /// it is full (or an error the next blocking write will report).
     pub(crate) fn try_send(&self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for `buf.len()` bytes; the descriptor is
-        // this socket's, open while `self` lives.
-        let n = unsafe {
-            libc::send(
-                self.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            return match err.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-                _ => Err(err),
-            };
+        match sys::send_nonblocking(self.as_raw_fd(), buf) {
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(0)
+            }
+            sent => sent,
         }
-        Ok(n as usize)
     }
 
     /// Shuts down one or both directions; errors (already closed) are moot.
@@ -236,13 +229,13 @@ impl io::Write for Conn {
     }
 }
 
-/// Binds `binder` as `transport` asks: a unix socket, or TCP.
+/// Binds `binder` as `prefer` asks: a unix socket, or TCP.
 pub(crate) fn bind(
     binder: &mut dyn Bind,
-    transport: Transport,
+    prefer: Prefer,
     env: &PluginEnv,
 ) -> Result<(Listener, Option<SocketFile>)> {
-    if transport == Transport::Unix {
+    if prefer == Prefer::Unix {
         match unix_socket_path(env)? {
             Ok(path) => {
                 let (listener, socket) = bind_unix(binder, &path, env)?;
@@ -323,7 +316,7 @@ fn bind_unix(
     let socket = SocketFile(path.to_path_buf());
     let mode = match group {
         Some(gid) => {
-            chown_group(path, gid).map_err(|e| Error::Bind {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| Error::Bind {
                 address: address.clone(),
                 reason: format!(
                     "cannot give the socket to group {gid} ({PLUGIN_UNIX_SOCKET_GROUP}): {e}"
@@ -377,15 +370,8 @@ fn bind_tcp(binder: &mut dyn Bind, range: PortRange) -> Result<Listener> {
 }
 
 fn unix_sockets_available() -> bool {
-    // SAFETY: socket(2) with constant arguments; the descriptor is closed at once.
-    unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return false;
-        }
-        libc::close(fd);
-    }
-    true
+    // A socket of the family, closed again at once.
+    std::os::unix::net::UnixDatagram::unbound().is_ok()
 }
 
 fn random_u32() -> u32 {
@@ -405,33 +391,6 @@ fn group_id(group: &str) -> Result<libc::gid_t> {
         reason,
     };
     let name = CString::new(group).map_err(|_| unknown("contains a NUL byte".to_string()))?;
-    let mut entry: libc::group = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::group = std::ptr::null_mut();
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: every pointer refers to live, correctly sized storage owned here.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            name.as_ptr(),
-            &mut entry,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() {
-        return Err(unknown(
-            "no such group (give a group name or a numeric gid)".to_string(),
-        ));
-    }
-    Ok(entry.gr_gid)
-}
-
-fn chown_group(path: &Path, gid: libc::gid_t) -> std::io::Result<()> {
-    let path = CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: `path` is NUL-terminated; uid -1 leaves the owner unchanged.
-    if unsafe { libc::chown(path.as_ptr(), libc::uid_t::MAX, gid) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    sys::group_id(&name)
+        .ok_or_else(|| unknown("no such group (give a group name or a numeric gid)".to_string()))
 }

@@ -24,6 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::error::{Error, Result};
+use crate::sys;
 
 /// Installs the hclog-JSON logger for the `log` crate at `level`.
 ///
@@ -37,14 +38,20 @@ use crate::error::{Error, Result};
 /// [`Error::LoggerAlreadySet`] when another logger was installed first.
 pub fn init(level: LevelFilter) -> Result<()> {
     log::set_boxed_logger(Box::new(HclogLogger { level })).map_err(|_| Error::LoggerAlreadySet)?;
-    // gRPC core takes its verbosity from the max level when its log is
-    // redirected. Its debug lines are gRPC's internals, not the plugin's
-    // (go-plugin's Go plugins keep grpc-go's own log apart too): the core
-    // logs at Info at most, whatever the plugin's level.
+    log::set_max_level(level);
+    redirect_grpc_log();
+    Ok(())
+}
+
+/// Sends gRPC core's own log lines through the `log` crate, at Info at
+/// most whatever the plugin's level: gRPC takes its verbosity from the max
+/// level at this call, and its debug lines are gRPC's internals, not the
+/// plugin's (go-plugin's Go plugins keep grpc-go's log apart too).
+pub(crate) fn redirect_grpc_log() {
+    let level = log::max_level();
     log::set_max_level(level.min(LevelFilter::Info));
     grpcio::redirect_log();
     log::set_max_level(level);
-    Ok(())
 }
 
 /// Where log lines go: fd 2, or the real stderr saved while the stdio
@@ -64,27 +71,27 @@ const WRITE_PATIENCE_MS: libc::c_int = 1000;
 /// dropped. A reader that is gone (EPIPE) drops it at once.
 pub(crate) fn write_fd(fd: RawFd, mut data: &[u8]) {
     while !data.is_empty() {
-        let mut poll = libc::pollfd {
+        let mut poll = [libc::pollfd {
             fd,
             events: libc::POLLOUT,
             revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let ready = unsafe { libc::poll(&mut poll, 1, WRITE_PATIENCE_MS) };
-        if ready == 0
-            || (ready > 0 && poll.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0)
-        {
-            return;
-        }
-        // SAFETY: writing from a live slice, at most its length.
-        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-        if n < 0 {
-            match std::io::Error::last_os_error().kind() {
-                std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock => continue,
-                _ => return,
+        }];
+        match sys::poll(&mut poll, WRITE_PATIENCE_MS) {
+            Ok(0) => return,
+            Ok(_) if poll[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 => {
+                return;
             }
+            _ => {}
         }
-        data = &data[n as usize..];
+        match sys::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) => {}
+            Err(_) => return,
+        }
     }
 }
 
@@ -236,35 +243,17 @@ mod tests {
         )
     }
 
-    fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
-        use std::os::fd::FromRawFd;
-        let mut fds = [0; 2];
-        // SAFETY: pipe(2) fills two fresh descriptors that we then own.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        unsafe {
-            (
-                std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-            )
-        }
-    }
-
     #[test]
     fn a_stalled_reader_costs_about_a_second_not_a_hang() {
+        use std::io::Write;
         use std::os::fd::AsRawFd;
-        let (_read, write) = pipe();
-        let fd = write.as_raw_fd();
-        // Fill the pipe without blocking, then write as the logger does.
-        // SAFETY: fcntl and write on a descriptor we own.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-            let chunk = [b'x'; 4096];
-            while libc::write(fd, chunk.as_ptr().cast(), chunk.len()) > 0 {}
-            libc::fcntl(fd, libc::F_SETFL, flags);
-        }
+        let (_reader, mut writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        // Fill the socket without blocking, then write as the logger does.
+        writer.set_nonblocking(true).unwrap();
+        while writer.write(&[b'x'; 4096]).is_ok() {}
+        writer.set_nonblocking(false).unwrap();
         let start = std::time::Instant::now();
-        write_fd(fd, b"a log line\n");
+        write_fd(writer.as_raw_fd(), b"a log line\n");
         let waited = start.elapsed();
         assert!(
             waited < Duration::from_secs(5),
@@ -275,7 +264,7 @@ mod tests {
     #[test]
     fn a_reader_that_is_gone_is_not_a_panic() {
         use std::os::fd::AsRawFd;
-        let (read, write) = pipe();
+        let (read, write) = std::io::pipe().unwrap();
         drop(read);
         write_fd(write.as_raw_fd(), b"nobody reads this\n");
     }

@@ -5,19 +5,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{self, Write};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
-
-use grpcio::{ChannelBuilder, EnvBuilder, Environment, ServerBuilder};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::broker::{self, Broker};
 use crate::env::PluginEnv;
 use crate::error::{Error, Result};
 use crate::handshake::{HandshakeConfig, HandshakeLine, negotiate_version};
-use crate::listener::{self, GrpcBind, Listener, RawBind, RawListener, SocketFile, Transport};
-use crate::locks::{block_on_until, lock, wait};
-use crate::mux::Muxer;
-use crate::tls::{self, AutoMtls};
+use crate::listener::{Listener, Prefer};
+use crate::shutdown::{ShutdownHandle, Stop};
+use crate::transport::{self, Transport};
 use crate::{controller, health, stdio, watchdog};
 
 /// Serves `service` as a go-plugin plugin and blocks until the host shuts
@@ -125,7 +122,7 @@ pub struct PluginServerBuilder {
     env: Option<PluginEnv>,
     threads: usize,
     max_message_size: Option<usize>,
-    transport: Transport,
+    prefer: Prefer,
     output: Option<Box<dyn Write + Send>>,
     ignore_sigint: bool,
     forward_stdio: bool,
@@ -142,7 +139,7 @@ impl fmt::Debug for PluginServerBuilder {
             .field("env", &self.env)
             .field("threads", &self.threads)
             .field("max_message_size", &self.max_message_size)
-            .field("transport", &self.transport)
+            .field("prefer", &self.prefer)
             .field("ignore_sigint", &self.ignore_sigint)
             .field("forward_stdio", &self.forward_stdio)
             .field("watch_host", &self.watch_host)
@@ -203,7 +200,7 @@ impl PluginServerBuilder {
     /// instead of a unix socket. Default: false, a unix socket as go-plugin's
     /// own plugins use on Linux, with TCP only as a fallback.
     pub fn force_tcp(mut self, tcp: bool) -> Self {
-        self.transport = if tcp { Transport::Tcp } else { Transport::Unix };
+        self.prefer = if tcp { Prefer::Tcp } else { Prefer::Unix };
         self
     }
 
@@ -271,75 +268,34 @@ impl PluginServerBuilder {
     pub fn build(mut self) -> Result<PluginServer> {
         let env = self.env.take().unwrap_or_else(PluginEnv::from_process);
         env.verify_cookie(&self.handshake)?;
-        // AutoMTLS only when the host asks: a host that did not ask for TLS
-        // panics on a certificate in the handshake line.
-        let tls = env
-            .client_cert()
-            .map(AutoMtls::new)
-            .transpose()?
-            .map(Arc::new);
-
         let version = self.negotiate(&env);
-        grpcio::redirect_log();
-        let grpc_env = Arc::new(
-            EnvBuilder::new()
-                .cq_count(self.threads)
-                .name_prefix("goplugin-grpc")
-                .build(),
-        );
+        let multiplex = env.multiplex_grpc().map(|_| true);
+        let mut transport = Transport::new(env, self.prefer, self.threads, self.max_message_size)?;
+        crate::logging::redirect_grpc_log();
         let shutdown = ShutdownHandle::new();
         let stdio = Arc::new(stdio::Shared::default());
         let (health_service, health) = health::service();
-        let mut builder = grpc_server(&grpc_env, self.max_message_size)
-            .register_service(health_service)
-            .register_service(controller::service(shutdown.clone(), Arc::clone(&stdio)))
-            .register_service(stdio::service(Arc::clone(&stdio)))
-            .register_service(broker::service(self.broker.clone()));
-        for service in self.services.remove(&version).unwrap_or_default() {
-            builder = builder.register_service(service);
-        }
-        let mut server = builder.build()?;
-        let credentials = || tls::listener_credentials(tls.as_deref());
-        let mut binder = GrpcBind {
-            server: &mut server,
-            creds: &credentials,
-        };
-        // Multiplexed: the host's one connection arrives at a plain socket
-        // and each of its streams is bridged to a gRPC server's local one.
-        let (listener, socket_file, mux) = if env.multiplex_grpc() == Some(true) {
-            let (local, local_socket) = listener::bind_local(&mut binder, &env)?;
-            let mut raw = RawBind::default();
-            let (public, public_socket) = listener::bind(&mut raw, self.transport, &env)?;
-            let mux = raw.0.map(|public| Mux {
-                muxer: Muxer::new(local),
-                public: Some(public),
-                _server_socket: local_socket,
-            });
-            (public, public_socket, mux)
-        } else {
-            let (listener, socket) = listener::bind(&mut binder, self.transport, &env)?;
-            (listener, socket, None)
-        };
-
-        self.broker.configure(broker::Config {
-            env: env.clone(),
-            transport: self.transport,
-            tls: tls.clone(),
-            grpc_env: Arc::clone(&grpc_env),
-            max_message_size: self.max_message_size,
-            muxer: mux.as_ref().map(|mux| Arc::clone(&mux.muxer)),
-        });
-
+        let mut services = vec![
+            health_service,
+            controller::service(shutdown.clone(), Arc::clone(&stdio)),
+            stdio::service(Arc::clone(&stdio)),
+            broker::service(self.broker.clone()),
+        ];
+        services.extend(self.services.remove(&version).unwrap_or_default());
+        let mut server = transport.server(services)?;
+        let listener = transport.bind_main(&mut server)?;
         let line = HandshakeLine {
             app_protocol_version: version,
             network: listener.network.clone(),
             address: listener.address.clone(),
-            server_cert: tls.as_ref().map(|tls| tls.handshake_field().to_string()),
-            multiplex: env.multiplex_grpc().map(|_| true),
+            server_cert: transport.tls().map(|tls| tls.handshake_field().to_string()),
+            multiplex,
         };
+        let transport = Arc::new(transport);
+        self.broker.attach(Arc::clone(&transport));
         Ok(PluginServer {
             server,
-            socket_file,
+            transport,
             health,
             listener,
             line,
@@ -350,9 +306,7 @@ impl PluginServerBuilder {
             watch_host: self.watch_host,
             stdio,
             broker: self.broker.clone(),
-            mux,
             shutdown_grace: self.shutdown_grace,
-            _grpc_env: grpc_env,
         })
     }
 
@@ -383,48 +337,6 @@ impl PluginServerBuilder {
             );
         }
         version
-    }
-}
-
-/// Calls a gRPC server has asked for ahead of their arrival. grpcio asks
-/// for 1024 by default, which costs a millisecond before the handshake and
-/// another when they are cancelled at shutdown; a go-plugin host has a few
-/// calls in flight at once, and a call beyond the slots waits in gRPC's
-/// queue for the next one, it is not refused.
-const REQUEST_SLOTS: usize = 64;
-
-/// A builder for every gRPC server of the plugin, main and brokered: the
-/// same channel arguments and request slots.
-pub(crate) fn grpc_server(
-    grpc_env: &Arc<Environment>,
-    max_message_size: Option<usize>,
-) -> ServerBuilder {
-    // gRPC sets SO_REUSEPORT by default: then a "successful" bind could
-    // share a port with another process.
-    let mut args = ChannelBuilder::new(Arc::clone(grpc_env)).reuse_port(false);
-    if let Some(bytes) = max_message_size {
-        let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
-        args = args
-            .max_receive_message_len(bytes)
-            .max_send_message_len(bytes);
-    }
-    ServerBuilder::new(Arc::clone(grpc_env))
-        .channel_args(args.build_args())
-        .requests_slot_per_cq(REQUEST_SLOTS)
-}
-
-/// Stops a gRPC server of the plugin, main or brokered: no new calls,
-/// calls in progress get up to `grace`, then the rest (streams included)
-/// are cancelled.
-pub(crate) fn stop_grpc_server(server: &mut grpcio::Server, grace: Duration) {
-    let mut shutdown = server.shutdown();
-    let finished =
-        !grace.is_zero() && block_on_until(&mut shutdown, Instant::now() + grace).is_some();
-    if !finished {
-        server.cancel_all_calls();
-        // Once cancelled, gRPC completes the shutdown within about a
-        // millisecond.
-        let _ = block_on_until(shutdown, Instant::now() + Duration::from_secs(1));
     }
 }
 
@@ -459,9 +371,10 @@ pub(crate) fn stop_grpc_server(server: &mut grpcio::Server, grace: Duration) {
 /// ```
 pub struct PluginServer {
     server: grpcio::Server,
-    /// Removed when the server stops (or, if it never served, after
-    /// `server` is dropped: fields drop in order).
-    socket_file: Option<SocketFile>,
+    /// How the host reaches the servers; closed (and its socket files
+    /// removed) when the server stops, or dropped with it if it never
+    /// served.
+    transport: Arc<Transport>,
     health: health::Health,
     listener: Listener,
     line: HandshakeLine,
@@ -473,18 +386,7 @@ pub struct PluginServer {
     watch_host: bool,
     stdio: Arc<stdio::Shared>,
     broker: Broker,
-    /// Set when the host multiplexes.
-    mux: Option<Mux>,
     shutdown_grace: Duration,
-    _grpc_env: Arc<Environment>,
-}
-
-/// A multiplexing server's parts: the muxer, the public socket until the
-/// host connects, and the main gRPC server's own socket file.
-struct Mux {
-    muxer: Arc<Muxer>,
-    public: Option<RawListener>,
-    _server_socket: Option<SocketFile>,
 }
 
 impl fmt::Debug for PluginServer {
@@ -505,7 +407,7 @@ impl PluginServer {
             env: None,
             threads: 1,
             max_message_size: None,
-            transport: Transport::Unix,
+            prefer: Prefer::Unix,
             output: None,
             ignore_sigint: true,
             forward_stdio: true,
@@ -540,22 +442,13 @@ impl PluginServer {
     /// because stdout is closed; the server is stopped again.
     pub fn serve(mut self) -> Result<()> {
         if self.ignore_sigint {
-            ignore_sigint();
+            crate::sys::ignore_sigint();
         }
         self.server.start();
-        if let Some(mux) = &mut self.mux {
-            let stop = self.shutdown.clone();
-            let public = mux.public.take();
-            let started = public.map(|public| {
-                mux.muxer
-                    .start(public, Box::new(move || stop.shutdown_now()))
-            });
-            if let Some(Err(err)) = started {
-                self.stop(Stop::Now);
-                return Err(Error::Broker {
-                    reason: format!("cannot wait for the multiplexed connection: {err}"),
-                });
-            }
+        let stop = self.shutdown.clone();
+        if let Err(err) = self.transport.start(Box::new(move || stop.shutdown_now())) {
+            self.stop(Stop::Now);
+            return Err(err);
         }
         // Captured before the handshake: the host may call at once, and
         // whatever a call prints must not reach the real stdout, which the
@@ -614,92 +507,9 @@ impl PluginServer {
             Stop::Graceful => self.shutdown_grace,
             Stop::Now => Duration::ZERO,
         };
-        stop_grpc_server(&mut self.server, grace);
-        // The host's multiplexed connection goes last: the controller's
-        // answer travels on it.
-        if let Some(mux) = self.mux.take() {
-            mux.muxer.close();
-        }
-        // Nothing listens any more: the socket file can go.
-        drop(self.socket_file.take());
-    }
-}
-
-/// Stops a [`PluginServer`]'s [`serve`](PluginServer::serve) from any
-/// thread. Cheap to clone.
-#[derive(Clone, Debug, Default)]
-pub struct ShutdownHandle {
-    state: Arc<(Mutex<Option<Stop>>, Condvar)>,
-}
-
-/// How a stop was asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Stop {
-    /// Calls in progress get the grace period.
-    Graceful,
-    /// The host is gone or has said it is done with the plugin (its
-    /// `Kill()` closes the connection as soon as `Shutdown` is answered):
-    /// nobody waits for the answers of calls still in progress, so they are
-    /// cancelled at once, as go-plugin's own `Shutdown` does with `Stop()`.
-    Now,
-}
-
-impl ShutdownHandle {
-    fn new() -> ShutdownHandle {
-        ShutdownHandle::default()
-    }
-
-    /// Asks the server to stop; calls in progress get the grace period
-    /// ([`PluginServerBuilder::shutdown_grace`]). Idempotent; returns at
-    /// once.
-    pub fn shutdown(&self) {
-        self.stop(Stop::Graceful);
-    }
-
-    /// Asks the server to stop without a grace period (see [`Stop::Now`]).
-    pub(crate) fn shutdown_now(&self) {
-        self.stop(Stop::Now);
-    }
-
-    fn stop(&self, how: Stop) {
-        let (requested, changed) = &*self.state;
-        let mut requested = lock(requested);
-        // A stop without grace wins over a graceful one not yet carried out.
-        if *requested != Some(Stop::Now) {
-            *requested = Some(how);
-        }
-        changed.notify_all();
-    }
-
-    /// Whether a shutdown was asked for.
-    pub fn is_shutdown(&self) -> bool {
-        lock(&self.state.0).is_some()
-    }
-
-    fn wait(&self) -> Stop {
-        let (requested, changed) = &*self.state;
-        let mut requested = lock(requested);
-        loop {
-            if let Some(how) = *requested {
-                return how;
-            }
-            requested = wait(changed, requested);
-        }
-    }
-}
-
-/// Installs a SIGINT handler that does nothing (go-plugin's `Serve` catches
-/// and ignores the signal). A handler, unlike `SIG_IGN`, is reset to the
-/// default in child processes after `exec`.
-fn ignore_sigint() {
-    extern "C" fn on_sigint(_: libc::c_int) {}
-    // SAFETY: `sigaction` is given a zeroed, then fully initialised, struct
-    // and a handler that touches nothing, so it is async-signal-safe.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        action.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
+        transport::stop_server(&mut self.server, grace);
+        // Last: a multiplexed connection carries the controller's answer,
+        // and nothing listens on the socket files any more.
+        self.transport.close();
     }
 }

@@ -22,7 +22,7 @@
 //! writers instead block until the host reads.
 
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -37,6 +37,7 @@ use crate::locks::lock;
 use crate::logging;
 use crate::proto::plugin::stdio_data::Channel;
 use crate::proto::plugin::{GrpcStdio, StdioData, create_grpc_stdio};
+use crate::sys;
 
 /// Chunks a subscriber may fall behind before new ones are dropped; also
 /// the most chunks held for the first subscriber.
@@ -179,7 +180,7 @@ impl Shared {
             || self.unsent.load(Ordering::Acquire) > 0
             || lock(&self.pipes)
                 .iter()
-                .any(|fd| unread_bytes(fd.as_raw_fd()) > 0)
+                .any(|fd| sys::unread_bytes(fd.as_raw_fd()) > 0)
     }
 
     /// Ends the subscriber's stream, and any that starts later.
@@ -281,15 +282,16 @@ impl Capture {
     /// [`start_readers`](Self::start_readers). Starts no thread. On error
     /// nothing has changed.
     pub(crate) fn redirect(shared: Arc<Shared>) -> io::Result<Capture> {
-        let real_stdout = dup_cloexec(1)?;
-        let real_stderr = Arc::new(dup_cloexec(2)?);
+        // Duplicates above fd 2, closed at `exec`.
+        let real_stdout = io::stdout().as_fd().try_clone_to_owned()?;
+        let real_stderr = Arc::new(io::stderr().as_fd().try_clone_to_owned()?);
         let (out_read, out_write) = pipe_cloexec()?;
         let (err_read, err_write) = pipe_cloexec()?;
         // From here on the logger writes to the real stderr, past the capture.
         logging::set_stderr_fd(real_stderr.as_raw_fd());
-        dup2(out_write.as_raw_fd(), 1)?;
-        if let Err(err) = dup2(err_write.as_raw_fd(), 2) {
-            let _ = dup2(real_stdout.as_raw_fd(), 1);
+        sys::dup2(out_write.as_raw_fd(), 1)?;
+        if let Err(err) = sys::dup2(err_write.as_raw_fd(), 2) {
+            let _ = sys::dup2(real_stdout.as_raw_fd(), 1);
             logging::set_stderr_fd(2);
             return Err(err);
         }
@@ -335,8 +337,8 @@ impl Capture {
     /// stderr to the real stderr). The server's stop then ends the
     /// subscriber's stream.
     pub(crate) fn finish(self) {
-        let _ = dup2(self.real_stdout.as_raw_fd(), 1);
-        let _ = dup2(self.real_stderr.as_raw_fd(), 2);
+        let _ = sys::dup2(self.real_stdout.as_raw_fd(), 1);
+        let _ = sys::dup2(self.real_stderr.as_raw_fd(), 2);
         logging::set_stderr_fd(2);
         // The readers end at EOF, once no process holds the pipes; a child
         // that still does must not hold up the plugin's exit.
@@ -375,36 +377,30 @@ fn reader(
                 let left = until.saturating_duration_since(Instant::now());
                 libc::c_int::try_from(left.as_millis() + 1).unwrap_or(libc::c_int::MAX)
             });
-            let mut readable = libc::pollfd {
+            let mut readable = [libc::pollfd {
                 fd: pipe.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
-            };
-            // SAFETY: one pollfd entry.
-            let ready = unsafe { libc::poll(&mut readable, 1, timeout) };
-            if ready < 0 {
-                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            }];
+            match sys::poll(&mut readable, timeout) {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+                Ok(0) => {
+                    shared.end_hold(false);
                     continue;
                 }
-                break;
-            }
-            if ready == 0 {
-                shared.end_hold(false);
-                continue;
+                Ok(_) => {}
             }
             shared.in_hand.fetch_add(1, Ordering::AcqRel);
-            // SAFETY: reading into a buffer we own, at most its length.
-            let n = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            let error = (n < 0).then(io::Error::last_os_error);
-            if n > 0 {
-                shared.forward(channel, &buf[..n as usize]);
+            let read = sys::read(pipe.as_raw_fd(), &mut buf);
+            if let Ok(n @ 1..) = read {
+                shared.forward(channel, &buf[..n]);
             }
             shared.in_hand.fetch_sub(1, Ordering::AcqRel);
-            match error {
-                Some(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Some(_) => break,
-                None if n == 0 => break,
-                None => {}
+            match read {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) | Ok(0) => break,
+                Ok(_) => {}
             }
         }
         let _ = done.send(());
@@ -420,40 +416,8 @@ fn reader(
     }
 }
 
-fn unread_bytes(fd: RawFd) -> libc::c_int {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int.
-    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } == 0 {
-        n
-    } else {
-        0
-    }
-}
-
-fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor that we then own.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-    if new < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `new` is a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
-}
-
+/// A pipe whose ends are closed at `exec`.
 fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fresh descriptors that we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are fresh and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
-    // SAFETY: dup2 on descriptors that are open; `to` is 1 or 2.
-    if unsafe { libc::dup2(from, to) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let (read, write) = io::pipe()?;
+    Ok((OwnedFd::from(read), OwnedFd::from(write)))
 }

@@ -138,10 +138,8 @@ fn generate_certificate() -> std::result::Result<(String, String, Vec<u8>), rcge
 pub(crate) fn fill_random(buf: &mut [u8]) {
     let mut filled = 0;
     while filled < buf.len() {
-        // SAFETY: getrandom(2) writes at most the remaining length into `buf`.
-        let n =
-            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
-        if n <= 0 {
+        let n = crate::sys::getrandom(&mut buf[filled..]).unwrap_or(0);
+        if n == 0 {
             let seed = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
@@ -151,7 +149,7 @@ pub(crate) fn fill_random(buf: &mut [u8]) {
             }
             return;
         }
-        filled += n as usize;
+        filled += n;
     }
 }
 

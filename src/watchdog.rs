@@ -17,7 +17,8 @@
 use std::os::fd::RawFd;
 use std::thread;
 
-use crate::server::ShutdownHandle;
+use crate::shutdown::ShutdownHandle;
+use crate::sys;
 
 /// How often the watchdog looks, in milliseconds.
 const INTERVAL_MS: libc::c_int = 100;
@@ -25,8 +26,7 @@ const INTERVAL_MS: libc::c_int = 100;
 /// Watches `fds` (the real stdout and stderr) and the parent process on a
 /// thread of its own until `shutdown` is triggered.
 pub(crate) fn watch(fds: [RawFd; 2], shutdown: ShutdownHandle) {
-    // SAFETY: getppid cannot fail.
-    let parent = unsafe { libc::getppid() };
+    let parent = std::os::unix::process::parent_id();
     let watcher = shutdown.clone();
     let spawned = thread::Builder::new()
         .name("goplugin-watchdog".into())
@@ -48,32 +48,33 @@ pub(crate) fn watch(fds: [RawFd; 2], shutdown: ShutdownHandle) {
 /// Waits up to one interval and says why the host is gone, if it is. A
 /// descriptor that is not open is dropped from `fds` (set to -1, which
 /// `poll` skips): it would make every `poll` return at once.
-fn host_gone(fds: &mut [RawFd; 2], parent: libc::pid_t) -> Option<&'static str> {
+fn host_gone(fds: &mut [RawFd; 2], parent: u32) -> Option<&'static str> {
+    // Negative descriptors are skipped by poll.
     let mut polls = fds.map(|fd| libc::pollfd {
         fd,
         events: 0,
         revents: 0,
     });
-    // SAFETY: two pollfd entries; negative fds are ignored by poll.
-    let ready = unsafe { libc::poll(polls.as_mut_ptr(), 2, INTERVAL_MS) };
+    let ready = sys::poll(&mut polls, INTERVAL_MS);
     for (fd, p) in fds.iter_mut().zip(&polls) {
         if p.revents & libc::POLLNVAL != 0 {
             *fd = -1;
         }
     }
-    if ready > 0
-        && polls
-            .iter()
-            .any(|p| p.revents & (libc::POLLERR | libc::POLLHUP) != 0)
-    {
-        return Some("nobody reads the plugin's stdout/stderr any more");
-    }
-    if ready < 0 {
+    match ready {
+        Ok(1..)
+            if polls
+                .iter()
+                .any(|p| p.revents & (libc::POLLERR | libc::POLLHUP) != 0) =>
+        {
+            return Some("nobody reads the plugin's stdout/stderr any more");
+        }
         // Interrupted: wait out the interval, as poll would have.
-        thread::sleep(std::time::Duration::from_millis(INTERVAL_MS as u64));
+        Err(_) => thread::sleep(std::time::Duration::from_millis(INTERVAL_MS as u64)),
+        Ok(_) => {}
     }
-    // SAFETY: getppid cannot fail.
-    (unsafe { libc::getppid() } != parent).then_some("the process that started the plugin exited")
+    (std::os::unix::process::parent_id() != parent)
+        .then_some("the process that started the plugin exited")
 }
 
 #[cfg(test)]
@@ -87,8 +88,7 @@ mod tests {
     fn a_closed_descriptor_does_not_make_the_watchdog_spin() {
         let not_open: RawFd = 1 << 30;
         let mut fds = [not_open, not_open];
-        // SAFETY: getppid cannot fail.
-        let parent = unsafe { libc::getppid() };
+        let parent = std::os::unix::process::parent_id();
         assert_eq!(host_gone(&mut fds, parent), None);
         assert_eq!(fds, [-1, -1]);
         let start = Instant::now();

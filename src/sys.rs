@@ -1,0 +1,129 @@
+//! Calls into the C library for what std has no way to do. Every `unsafe`
+//! block of the crate is here, each with the reason it is sound; the rest
+//! of the crate is `#![deny(unsafe_code)]`.
+//!
+//! Descriptors are passed as `RawFd` where the caller keeps them open for
+//! the call (a stale number is an error from the kernel, never undefined
+//! behaviour: these calls do not take ownership or touch memory through
+//! the descriptor).
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::RawFd;
+
+/// `poll(2)` on `fds` for up to `timeout_ms` (-1: no limit): how many
+/// entries have events (0 on time-out).
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> io::Result<usize> {
+    let count = libc::nfds_t::try_from(fds.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"))?;
+    // SAFETY: `fds` is a live, exclusively borrowed slice of `count`
+    // pollfd entries; poll writes only their `revents`.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), count, timeout_ms) };
+    usize::try_from(ready).map_err(|_| io::Error::last_os_error())
+}
+
+/// `read(2)` into `buf`: the byte count, 0 at end of file.
+pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// `write(2)` from `buf`: the byte count written.
+pub(crate) fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// `send(2)` on a socket without blocking and without SIGPIPE: the byte
+/// count, which may be less than `buf.len()`.
+pub(crate) fn send_nonblocking(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// `shutdown(2)` both ways on a socket another thread may be blocked on
+/// (std's `shutdown` needs an owning `UnixStream`/`TcpListener` value,
+/// which the blocked thread holds). Errors (already closed) are moot.
+pub(crate) fn shutdown_socket(fd: RawFd) {
+    // SAFETY: shutdown takes no memory; a descriptor that is no socket
+    // only fails.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// Bytes waiting to be read on a pipe or socket (`FIONREAD`), 0 when the
+/// kernel cannot tell.
+pub(crate) fn unread_bytes(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int, to `n`.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } == 0 {
+        usize::try_from(n).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// `dup2(2)`: makes `to` (fd 1 or 2) refer to what `from` refers to.
+pub(crate) fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 takes no memory. It closes `to` first, which std cannot
+    // express: fds 1 and 2 are never owned by a std value, they are the
+    // process's standard streams, and replacing them is the point.
+    if unsafe { libc::dup2(from, to) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Fills `buf` from the kernel's random source (`getrandom(2)`): the byte
+/// count written.
+pub(crate) fn getrandom(buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: getrandom writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// The id of the group named `name`, if there is one (`getgrnam_r(3)`).
+pub(crate) fn group_id(name: &CStr) -> Option<libc::gid_t> {
+    // SAFETY: an all-zero `group` is a valid value of this plain C struct
+    // (null pointers, zero id); getgrnam_r overwrites it.
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: `name` is NUL-terminated; `entry`, `buf` (with its length)
+    // and `found` are live storage owned here, which getgrnam_r fills.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    (rc == 0 && !found.is_null()).then_some(entry.gr_gid)
+}
+
+/// Catches SIGINT with a handler that does nothing (go-plugin's `Serve`
+/// ignores the signal). A handler, unlike `SIG_IGN`, is reset to the
+/// default in child processes at `exec`.
+pub(crate) fn ignore_sigint() {
+    extern "C" fn on_sigint(_: libc::c_int) {}
+    // SAFETY: `sigaction` gets a zeroed, then fully initialised, struct and
+    // a handler that touches nothing, so it is async-signal-safe.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
+    }
+}
