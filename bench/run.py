@@ -1,7 +1,15 @@
 """goplugin benchmark: the Rust, Go and Python KV plugins through one
 go-plugin host (the current release), interleaved run by run.
 
-Usage: run.py [--runs N] [--calls N] [--out DIR]
+Usage: run.py [--runs N] [--calls N] [--out DIR] [--only NAME,...]
+              [--extra NAME=PATH ...]
+
+--extra adds another build of kv-plugin (say, linked another way) as a
+plugin NAME; --only keeps the named plugins of the usual set (go is always
+kept: every ratio is against it), and the extras. Every figure is printed as its median over the runs
+with its range (min–max), and every ratio as the median of the run-by-run
+ratios with theirs: two rows of the same code (rust, rust-relaxed for Gets)
+show the noise, and a ratio whose range crosses a target shows nothing.
 
 Each run measures every plugin once, in turn, starting one further each
 run (A B C, B C A, C A B, ...), so machine drift and position effects hit
@@ -124,10 +132,21 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    parser.add_argument("--only", help="comma-separated plugin names to measure")
+    parser.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
+                        help="another kv-plugin binary to measure as NAME")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
     entries = plugins()
+    if args.only:
+        keep = set(args.only.split(",")) | {"go"}
+        entries = [e for e in entries if e[0] in keep]
+    for extra in args.extra:
+        name, _, path = extra.partition("=")
+        if not name or not os.path.isfile(path):
+            parser.error(f"--extra {extra!r}: want NAME=PATH of an existing binary")
+        entries.append((name, os.path.abspath(path), {}))
     raw = {name: [] for name, _, _ in entries}
     with tempfile.TemporaryDirectory(prefix="goplugin-bench") as workdir:
         for run in range(args.runs):
@@ -145,13 +164,22 @@ def main():
                       f"{result['foreign_load']:.0%}{flag}", flush=True)
 
     summary = {}
+    go_runs = raw["go"]
     for name, results in raw.items():
         clean = [r for r in results if r["foreign_load"] <= FOREIGN_LIMIT] or results
+        # Ratios run by run, between measurements of the same run.
+        pairs = [(r, g) for r, g in zip(results, go_runs)
+                 if r["foreign_load"] <= FOREIGN_LIMIT and g["foreign_load"] <= FOREIGN_LIMIT] \
+            or list(zip(results, go_runs))
         summary[name] = {
             "runs": len(results),
             "runs_used": len(clean),
             "all_runs_flagged": not any(r["foreign_load"] <= FOREIGN_LIMIT for r in results),
             **{key: statistics.median(get(r) for r in clean) for key, _, _, get, _ in METRICS},
+            "range": {key: [min(get(r) for r in clean), max(get(r) for r in clean)]
+                      for key, _, _, get, _ in METRICS},
+            "ratio": {key: spread([get(r) / get(g) for r, g in pairs if get(g)])
+                      for key, _, _, get, _ in METRICS},
         }
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -169,22 +197,39 @@ def main():
     print(open(os.path.join(args.out, "results.md")).read())
 
 
+def spread(values):
+    """[median, min, max] of `values`, or None when there are none."""
+    return [statistics.median(values), min(values), max(values)] if values else None
+
+
+def figure(value, unit):
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
 def write_markdown(report, path):
     s = report["summary"]
     names = list(s)
     lines = [
-        f"Medians of {report['runs']} interleaved runs (the order rotated each run), "
+        f"Medians (min–max) of {report['runs']} interleaved runs (the order rotated each run), "
         f"{report['calls_per_phase']} calls per phase, {report['date']}, "
         f"{report['machine']['cpus']} CPUs; the host starts each plugin without a shell. "
-        "Ratio = figure ÷ Go plugin's figure "
+        "Ratio = figure ÷ Go plugin's figure in the same run, median (min–max) over the runs "
         "(for calls/s, higher is better; for everything else, lower is better).",
         "",
         "| metric | " + " | ".join(names) + " | " + " | ".join(f"{n} ÷ go" for n in names if n != "go") + " |",
         "|---|" + "---|" * (len(names) + len(names) - 1),
     ]
     for key, label, unit, _, _ in METRICS:
-        cells = [f"{s[n][key]:.1f} {unit}" if s[n][key] < 100 else f"{s[n][key]:.0f} {unit}" for n in names]
-        ratios = [f"{s[n][key] / s['go'][key]:.2f}×" if s["go"][key] else "–" for n in names if n != "go"]
+        cells = []
+        for n in names:
+            low, high = s[n]["range"][key]
+            cells.append(f"{figure(s[n][key], unit)} {unit} ({figure(low, unit)}–{figure(high, unit)})")
+        ratios = []
+        for n in names:
+            if n == "go":
+                continue
+            r = s[n]["ratio"][key]
+            ratios.append(f"{r[0]:.2f}× ({r[1]:.2f}–{r[2]:.2f})" if r else "–")
         lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     flagged = [n for n in names if s[n]["runs_used"] < s[n]["runs"]]
     lines.append("")

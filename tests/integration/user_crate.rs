@@ -29,6 +29,20 @@ fn dependencies(manifest: &str, section: &str) -> Vec<String> {
         .collect()
 }
 
+/// The README shows the crate's files as they are.
+#[test]
+fn the_readme_shows_the_first_plugin_as_it_is() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    for file in ["src/main.rs", "build.rs", "proto/greeter.proto"] {
+        let text = std::fs::read_to_string(repo().join("examples/greeter-plugin").join(file))
+            .expect("greeter-plugin file");
+        assert!(
+            readme.contains(&text),
+            "README.md's \"Your first plugin\" does not show examples/greeter-plugin/{file} as it is"
+        );
+    }
+}
+
 #[test]
 fn a_plugin_crate_depends_on_goplugin_alone() {
     let manifest = std::fs::read_to_string(repo().join("examples/greeter-plugin/Cargo.toml"))

@@ -16,43 +16,32 @@ const HANDSHAKE: HandshakeConfig = HandshakeConfig {
 };
 
 #[derive(Clone, Default)]
-struct Service {
-    last: Arc<Mutex<String>>,
-}
+struct Service(Arc<Mutex<HelloReply>>);
 
 impl Greeter for Service {
     fn say_hello(&mut self, ctx: RpcContext, req: HelloRequest, sink: UnarySink<HelloReply>) {
-        let message = format!("Hello, {}!", req.name);
         goplugin::log::info!("greeted {}", req.name);
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = message.clone();
-        goplugin::answer(
-            &ctx,
-            sink,
-            Ok(HelloReply {
-                message,
-                ..Default::default()
-            }),
-        );
+        let message = format!("Hello, {}!", req.name);
+        let reply = HelloReply {
+            message,
+            ..Default::default()
+        };
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = reply.clone();
+        goplugin::answer(&ctx, sink, Ok(reply));
     }
 
     fn last_greeting(&mut self, ctx: RpcContext, _: Empty, sink: UnarySink<HelloReply>) {
-        let message = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        goplugin::answer(
-            &ctx,
-            sink,
-            Ok(HelloReply {
-                message,
-                ..Default::default()
-            }),
-        );
+        let last = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        goplugin::answer(&ctx, sink, Ok(last));
     }
 }
 
 fn main() -> std::process::ExitCode {
     goplugin::plugin_main(HANDSHAKE, "greeter-plugin", |env| {
+        let service = create_greeter(Service::default());
         PluginServer::builder(HANDSHAKE)
             .env(env)
-            .service(create_greeter(Service::default()))
+            .service(service)
             .build()?
             .serve()
     })
