@@ -27,6 +27,18 @@ fn main() {
         eprintln!("error: goplugin build script: {message}");
         std::process::exit(1);
     }
+    #[cfg(feature = "abseil-cpufreq")]
+    abseil_cpufreq();
+}
+
+/// The `abseil-cpufreq` feature: compiles the C shim that calls abseil's
+/// frequency measurement through a weak reference (csrc/absl_cpufreq.c).
+#[cfg(feature = "abseil-cpufreq")]
+fn abseil_cpufreq() {
+    println!("cargo:rerun-if-changed=csrc/absl_cpufreq.c");
+    cc::Build::new()
+        .file("csrc/absl_cpufreq.c")
+        .compile("goplugin_absl_cpufreq");
 }
 
 /// Static OpenSSL and libstdc++, non-PIE binaries: a plugin starts faster.

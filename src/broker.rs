@@ -163,16 +163,19 @@ impl Broker {
     pub fn accept_and_serve(&self, id: u32, services: Vec<grpcio::Service>) -> Result<Listener> {
         let transport = self.transport()?;
         let mut server = transport.server(services)?;
-        let (listener, socket) = transport.serve_brokered(id, &mut server, self)?;
-        // Checked under the lock `shutdown` takes the servers with: a
-        // server added after that would never be stopped.
-        let mut servers = lock(&self.inner.servers);
-        if self.inner.closed.load(Ordering::Relaxed) {
-            drop(servers);
-            transport::stop_server(&mut server, Duration::ZERO);
-            return Err(shutting_down());
+        let (listener, socket) = transport.serve_brokered(&mut server)?;
+        {
+            // Checked under the lock `shutdown` takes the servers with: a
+            // server added after that would never be stopped.
+            let mut servers = lock(&self.inner.servers);
+            if self.inner.closed.load(Ordering::Relaxed) {
+                drop(servers);
+                transport::stop_server(&mut server, Duration::ZERO);
+                return Err(shutting_down());
+            }
+            servers.push((server, socket));
         }
-        servers.push((server, socket));
+        transport.publish(id, &listener, self)?;
         Ok(listener)
     }
 
@@ -261,6 +264,9 @@ impl Broker {
         for (mut server, socket) in servers {
             transport::stop_server(&mut server, Duration::ZERO);
             drop(socket);
+        }
+        if let Some(transport) = self.inner.transport.get() {
+            transport.stop_bridges();
         }
     }
 

@@ -5,9 +5,10 @@
 //! on any error, so that name must be registered and SERVING (go-plugin's
 //! `GRPCServiceName`). The empty name (the whole server) is SERVING too, as
 //! with grpc-go's health server, which go-plugin's Go plugins use: an
-//! unknown name is `NOT_FOUND`, `Watch` sends the status now and at each
-//! change, and at shutdown every name becomes NOT_SERVING and watchers'
-//! streams end.
+//! unknown name is `NOT_FOUND`, and `Watch` sends the status now
+//! (SERVICE_UNKNOWN for an unknown name) and at each change. At shutdown
+//! every name becomes NOT_SERVING; unlike grpc-go, every watcher is told
+//! so and its stream ends, so that no call outlives the server.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -95,6 +96,8 @@ impl HealthApi for Health {
             // After shutdown the sender is dropped here: the stream ends
             // after its one status.
             if !state.shut_down {
+                // Watchers whose calls ended go now, not at shutdown.
+                state.watchers.retain(|(_, watcher)| !watcher.is_closed());
                 state.watchers.push((req.service, sender));
             }
         }

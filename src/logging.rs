@@ -78,6 +78,9 @@ pub(crate) fn write_fd(fd: RawFd, mut data: &[u8]) {
         }];
         match sys::poll(&mut poll, WRITE_PATIENCE_MS) {
             Ok(0) => return,
+            // A signal (SIGINT is caught while serving): ask again, rather
+            // than write to a pipe that may be full.
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
             Ok(_) if poll[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 => {
                 return;
             }

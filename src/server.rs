@@ -270,8 +270,9 @@ impl PluginServerBuilder {
         env.verify_cookie(&self.handshake)?;
         let version = self.negotiate(&env);
         let multiplex = env.multiplex_grpc().map(|_| true);
-        let mut transport = Transport::new(env, self.prefer, self.threads, self.max_message_size)?;
+        // Before gRPC starts: what it logs from then on goes through `log`.
         crate::logging::redirect_grpc_log();
+        let mut transport = Transport::new(env, self.prefer, self.threads, self.max_message_size)?;
         let shutdown = ShutdownHandle::new();
         let stdio = Arc::new(stdio::Shared::default());
         let (health_service, health) = health::service();
@@ -307,6 +308,7 @@ impl PluginServerBuilder {
             stdio,
             broker: self.broker.clone(),
             shutdown_grace: self.shutdown_grace,
+            stopped: false,
         })
     }
 
@@ -372,8 +374,8 @@ impl PluginServerBuilder {
 pub struct PluginServer {
     server: grpcio::Server,
     /// How the host reaches the servers; closed (and its socket files
-    /// removed) when the server stops, or dropped with it if it never
-    /// served.
+    /// removed) when the server stops, or when it is dropped unserved
+    /// (the broker, which users may keep, holds it too).
     transport: Arc<Transport>,
     health: health::Health,
     listener: Listener,
@@ -387,6 +389,8 @@ pub struct PluginServer {
     stdio: Arc<stdio::Shared>,
     broker: Broker,
     shutdown_grace: Duration,
+    /// Set once [`stop`](Self::stop) ran.
+    stopped: bool,
 }
 
 impl fmt::Debug for PluginServer {
@@ -488,6 +492,8 @@ impl PluginServer {
             let fds = capture.as_ref().map_or([1, 2], stdio::Capture::real_fds);
             watchdog::watch(fds, self.shutdown.clone());
         }
+        #[cfg(feature = "abseil-cpufreq")]
+        measure_cpu_frequency();
         let how = self.shutdown.wait();
         if let Some(capture) = capture {
             capture.finish();
@@ -500,6 +506,7 @@ impl PluginServer {
     /// period when `how` allows it, then whatever is left (streams
     /// included) is cancelled.
     fn stop(&mut self, how: Stop) {
+        self.stopped = true;
         self.broker.shutdown();
         self.stdio.end_streams();
         self.health.shutdown();
@@ -512,4 +519,28 @@ impl PluginServer {
         // and nothing listens on the socket files any more.
         self.transport.close();
     }
+}
+
+impl Drop for PluginServer {
+    /// A server built and never served: nothing listens any more, so its
+    /// socket files go now, not when the last `Broker` clone does.
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.broker.shutdown();
+            self.transport.close();
+        }
+    }
+}
+
+/// With the `abseil-cpufreq` feature: abseil's CPU-frequency measurement
+/// now, on a thread of its own, once per process, instead of in the first
+/// call that meets a contended abseil mutex (csrc/absl_cpufreq.c).
+#[cfg(feature = "abseil-cpufreq")]
+fn measure_cpu_frequency() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = std::thread::Builder::new()
+            .name("goplugin-cpufreq".into())
+            .spawn(crate::sys::measure_cpu_frequency);
+    });
 }

@@ -127,3 +127,30 @@ pub(crate) fn ignore_sigint() {
         libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
     }
 }
+
+/// abseil's CPU-frequency measurement, now (`abseil-cpufreq` feature,
+/// csrc/absl_cpufreq.c): whether abseil's function was found and called.
+#[cfg(feature = "abseil-cpufreq")]
+pub(crate) fn measure_cpu_frequency() -> bool {
+    unsafe extern "C" {
+        fn goplugin_measure_cpu_frequency() -> libc::c_int;
+    }
+    // SAFETY: a C function without arguments; it calls abseil's
+    // NominalCPUFrequency (no arguments, returns a double, does not throw)
+    // only when the weak reference to it resolved.
+    unsafe { goplugin_measure_cpu_frequency() != 0 }
+}
+
+#[cfg(all(test, feature = "abseil-cpufreq"))]
+mod tests {
+    /// The abseil that grpcio-sys builds is the one the shim names: with
+    /// another, the feature would silently do nothing.
+    #[test]
+    fn abseils_frequency_measurement_is_found() {
+        assert!(
+            super::measure_cpu_frequency(),
+            "abseil's NominalCPUFrequency is not linked: grpcio-sys builds another \
+             abseil than csrc/absl_cpufreq.c names"
+        );
+    }
+}

@@ -72,8 +72,9 @@ pub(crate) struct Transport {
     grpc_env: Arc<Environment>,
     max_message_size: Option<usize>,
     link: Link,
-    /// Set by [`close`](Transport::close); brokered dials' bridges end.
-    closed: Arc<AtomicBool>,
+    /// Set by [`stop_bridges`](Transport::stop_bridges): brokered dials'
+    /// bridges end.
+    bridges_closed: Arc<AtomicBool>,
     /// Socket files of the main server (its public one, and its local one
     /// when multiplexed), removed at [`close`](Transport::close).
     sockets: Mutex<Vec<SocketFile>>,
@@ -136,7 +137,7 @@ impl Transport {
             grpc_env,
             max_message_size,
             link: Link::Direct,
-            closed: Arc::new(AtomicBool::new(false)),
+            bridges_closed: Arc::new(AtomicBool::new(false)),
             sockets: Mutex::new(Vec::new()),
         })
     }
@@ -212,13 +213,11 @@ impl Transport {
         }
     }
 
-    /// Binds and starts brokered `server` for service `id`, and lets the
-    /// host know (`rendezvous`). Returns where it listens.
+    /// Binds and starts a brokered `server`. Returns where it listens;
+    /// [`publish`](Self::publish) then lets the host know.
     pub(crate) fn serve_brokered(
         &self,
-        id: u32,
         server: &mut grpcio::Server,
-        rendezvous: &dyn Rendezvous,
     ) -> Result<(Listener, Option<SocketFile>)> {
         let credentials = || tls::listener_credentials(self.tls.as_deref());
         let mut binder = GrpcBind {
@@ -230,11 +229,25 @@ impl Transport {
             Link::Multiplexed(_) => listener::bind_local(&mut binder, &self.env)?,
         };
         server.start();
-        match &self.link {
-            Link::Direct => rendezvous.announce(id, &listener)?,
-            Link::Multiplexed(mux) => mux.muxer.register(id, listener.clone()),
-        }
         Ok((listener, socket))
+    }
+
+    /// Lets the host reach the brokered server at `listener` as service
+    /// `id`: announced on the broker stream, or, multiplexed, the target of
+    /// the host's knocks for `id`.
+    pub(crate) fn publish(
+        &self,
+        id: u32,
+        listener: &Listener,
+        rendezvous: &dyn Rendezvous,
+    ) -> Result<()> {
+        match &self.link {
+            Link::Direct => rendezvous.announce(id, listener),
+            Link::Multiplexed(mux) => {
+                mux.muxer.register(id, listener.clone());
+                Ok(())
+            }
+        }
     }
 
     /// A channel to the host's service `id`. Blocks up to
@@ -338,7 +351,7 @@ impl Transport {
             lock(&mux.bridge_sockets).insert(bridge, socket);
         }
         let muxer = Arc::clone(&mux.muxer);
-        let closed = Arc::clone(&self.closed);
+        let closed = Arc::clone(&self.bridges_closed);
         let sockets = Arc::clone(&mux.bridge_sockets);
         thread::Builder::new()
             .name("goplugin-broker-dial".into())
@@ -357,12 +370,21 @@ impl Transport {
     /// removes the socket files. Last in a stop: the answer to the host's
     /// `Shutdown` travels on the multiplexed connection.
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
+        self.stop_bridges();
         if let Link::Multiplexed(mux) = &self.link {
-            lock(&mux.bridge_sockets).clear();
             mux.muxer.close();
         }
         lock(&self.sockets).clear();
+    }
+
+    /// Ends brokered dials' bridges (their threads notice within 200 ms)
+    /// and removes their socket files: the first step of a stop, with the
+    /// broker's.
+    pub(crate) fn stop_bridges(&self) {
+        self.bridges_closed.store(true, Ordering::Relaxed);
+        if let Link::Multiplexed(mux) = &self.link {
+            lock(&mux.bridge_sockets).clear();
+        }
     }
 }
 

@@ -503,3 +503,27 @@ fn the_broker_dials_what_the_host_announces_and_announces_what_it_serves() {
     assert!(sockets.is_empty(), "left behind: {sockets:?}");
     let _ = futures::executor::block_on(to_plugin.close());
 }
+
+/// A server that is built and dropped without serving removes its socket
+/// files at once, even while a clone of its broker lives on (a service
+/// keeps one), with and without multiplexing.
+#[test]
+fn a_server_dropped_unserved_leaves_no_socket_file() {
+    for multiplex in [None, Some("true")] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vars = vec![
+            ("TEST_COOKIE", "yes"),
+            ("TMPDIR", dir.path().to_str().unwrap()),
+        ];
+        vars.extend(multiplex.map(|on| ("PLUGIN_MULTIPLEX_GRPC", on)));
+        let builder = builder().env(PluginEnv::from_vars(vars));
+        let broker = builder.broker();
+        let server = builder.build().unwrap();
+        let sockets = || std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(sockets(), if multiplex.is_some() { 2 } else { 1 });
+        drop(server);
+        assert_eq!(sockets(), 0, "multiplex {multiplex:?}");
+        // The broker outlives the server, and says it is no more.
+        assert!(broker.accept_and_serve(1, Vec::new()).is_err());
+    }
+}
