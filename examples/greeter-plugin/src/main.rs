@@ -20,7 +20,7 @@ struct Service(Arc<Mutex<HelloReply>>);
 
 impl Greeter for Service {
     fn say_hello(&mut self, ctx: RpcContext, req: HelloRequest, sink: UnarySink<HelloReply>) {
-        goplugin::log::info!("greeted {}", req.name);
+        goplugin::log::debug!("greeted {}", req.name);
         let message = format!("Hello, {}!", req.name);
         let reply = HelloReply {
             message,
