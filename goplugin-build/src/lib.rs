@@ -575,9 +575,7 @@ mod tests {
 
     #[test]
     fn a_service_with_imports_and_nested_messages() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let proto = write(
-            dir.path(),
+        let code = compile_ok(
             "greeter.proto",
             r#"syntax = "proto3";
 package greet;
@@ -589,13 +587,6 @@ service Greeter {
 }
 "#,
         );
-        let out = dir.path().join("out");
-        Builder::new()
-            .out_dir(&out)
-            .rerun_if_changed(false)
-            .compile(&[&proto], &[dir.path()])
-            .expect("compiles");
-        let code = fs::read_to_string(out.join("greeter.rs")).expect("greeter.rs");
         assert!(code.contains("pub mod greeter {"), "{code}");
         assert!(code.contains("pub mod greeter_grpc {"), "{code}");
         assert!(code.contains("super::greeter::hello::Name"), "{code}");
@@ -605,7 +596,22 @@ service Greeter {
         );
         assert!(code.contains("::goplugin::grpcio::Method"), "{code}");
         assert!(!code.contains("#!["), "{code}");
+    }
+
+    /// The code generated from `text`, as the file `name`; checks that no
+    /// working file is left.
+    fn compile_ok(name: &str, text: &str) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proto = write(dir.path(), name, text);
+        let out = dir.path().join("out");
+        Builder::new()
+            .out_dir(&out)
+            .rerun_if_changed(false)
+            .compile(&[&proto], &[dir.path()])
+            .expect("compiles");
         assert!(!out.join("messages").exists());
+        let generated = out.join(name.replace(".proto", ".rs"));
+        fs::read_to_string(generated).expect("generated file")
     }
 
     /// What compiling `text`, as the file `name`, fails with.
@@ -643,9 +649,7 @@ service Greeter {
     /// both generators escape (`struct.proto`).
     #[test]
     fn keywords_are_escaped_as_both_generators_escape_them() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let proto = write(
-            dir.path(),
+        let code = compile_ok(
             "type.proto",
             r#"syntax = "proto3";
 import "google/protobuf/struct.proto";
@@ -656,13 +660,6 @@ service Types {
 }
 "#,
         );
-        let out = dir.path().join("out");
-        Builder::new()
-            .out_dir(&out)
-            .rerun_if_changed(false)
-            .compile(&[&proto], &[dir.path()])
-            .expect("compiles");
-        let code = fs::read_to_string(out.join("type.rs")).expect("type.rs");
         assert!(code.contains("pub mod type_ {"), "{code}");
         assert!(code.contains("pub mod type_grpc {"), "{code}");
         assert!(code.contains("super::type_::match_::Inner"), "{code}");
