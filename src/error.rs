@@ -69,6 +69,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// The process lacks what the plugin needs to start (file
+    /// descriptors, threads): a limit of the OS, not of the plugin.
+    #[error("not enough {what} to start: {reason}")]
+    OutOfResources {
+        /// What ran out, e.g. "file descriptors".
+        what: &'static str,
+        /// What failed and which limit to raise.
+        reason: String,
+    },
+
     /// The listener could not be opened.
     #[error("cannot listen on {address}: {reason}")]
     Bind {

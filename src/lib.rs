@@ -117,7 +117,9 @@
 //!   server listens and flushed; logs go to stderr ([`logging`]).
 //! - A closed stdout or stderr never panics the plugin.
 //! - SIGINT is ignored while serving, as go-plugin plugins do: the host
-//!   owns shutdown.
+//!   owns shutdown. SIGTERM and SIGHUP stop the plugin as the host's
+//!   `Kill()` does (socket file removed), where a Go plugin dies of them
+//!   ([`PluginServerBuilder::stop_on_signals`]).
 //! - The library returns errors and never exits the process; the binary
 //!   decides.
 //! - The host's `Shutdown` (its `Kill()`) and a vanished host stop the
@@ -157,6 +159,7 @@ mod mux;
 pub mod proto;
 mod server;
 mod shutdown;
+mod signals;
 mod stdio;
 // The crate's one place for calls into the C library.
 #[allow(unsafe_code)]

@@ -265,7 +265,7 @@ pub(crate) fn bind_local(
 /// A fresh socket path, or why a unix socket cannot be used here (then
 /// TCP is the fallback).
 fn unix_socket_path(env: &PluginEnv) -> Result<std::result::Result<PathBuf, String>> {
-    if !unix_sockets_available() {
+    if !unix_sockets_available()? {
         return Ok(Err("this system does not support unix sockets".to_string()));
     }
     let (dir, source) = match (env.get(PLUGIN_UNIX_SOCKET_DIR), env.get("TMPDIR")) {
@@ -351,8 +351,16 @@ fn bind_unix(
 fn bind_tcp(binder: &mut dyn Bind, range: PortRange) -> Result<Listener> {
     for port in range.min..=range.max {
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-        if port != 0 && TcpListener::bind(addr).is_err() {
-            continue;
+        match TcpListener::bind(addr) {
+            Err(err) => {
+                if let Some(err) = out_of_descriptors(&addr.to_string(), &err) {
+                    return Err(err);
+                }
+                if port != 0 {
+                    continue;
+                }
+            }
+            Ok(probe) => drop(probe),
         }
         // The probe is closed again; gRPC can still lose a race for the
         // port to another process, and then the next port is tried.
@@ -369,9 +377,36 @@ fn bind_tcp(binder: &mut dyn Bind, range: PortRange) -> Result<Listener> {
     })
 }
 
-fn unix_sockets_available() -> bool {
-    // A socket of the family, closed again at once.
-    std::os::unix::net::UnixDatagram::unbound().is_ok()
+/// Whether the system has unix sockets: a socket of the family, opened and
+/// closed again at once. Out of descriptors is an error, not a "no".
+fn unix_sockets_available() -> Result<bool> {
+    match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(_) => Ok(true),
+        Err(err) => match out_of_descriptors("a unix socket", &err) {
+            Some(err) => Err(err),
+            None => Ok(false),
+        },
+    }
+}
+
+/// The error for `err` when it says the process (EMFILE) or the system
+/// (ENFILE) has no file descriptor left: no other address would do better.
+fn out_of_descriptors(address: &str, err: &io::Error) -> Option<Error> {
+    let reason = match err.raw_os_error()? {
+        libc::EMFILE => {
+            "the plugin has no file descriptor left (EMFILE): raise its limit \
+             (ulimit -n, RLIMIT_NOFILE) or close descriptors it inherits"
+        }
+        libc::ENFILE => {
+            "the system has no file descriptor left (ENFILE): raise fs.file-max \
+             or stop what holds them"
+        }
+        _ => return None,
+    };
+    Some(Error::Bind {
+        address: address.to_string(),
+        reason: reason.to_string(),
+    })
 }
 
 fn random_u32() -> u32 {

@@ -15,7 +15,7 @@ use crate::handshake::{HandshakeConfig, HandshakeLine, negotiate_version};
 use crate::listener::{Listener, Prefer};
 use crate::shutdown::{ShutdownHandle, Stop};
 use crate::transport::{self, Transport};
-use crate::{controller, health, stdio, watchdog};
+use crate::{controller, health, signals, stdio, watchdog};
 
 /// Serves `service` as a go-plugin plugin and blocks until the host shuts
 /// it down: the one call a plugin's `main` needs.
@@ -125,6 +125,7 @@ pub struct PluginServerBuilder {
     prefer: Prefer,
     output: Option<Box<dyn Write + Send>>,
     ignore_sigint: bool,
+    stop_on_signals: bool,
     forward_stdio: bool,
     watch_host: bool,
     shutdown_grace: Duration,
@@ -141,6 +142,7 @@ impl fmt::Debug for PluginServerBuilder {
             .field("max_message_size", &self.max_message_size)
             .field("prefer", &self.prefer)
             .field("ignore_sigint", &self.ignore_sigint)
+            .field("stop_on_signals", &self.stop_on_signals)
             .field("forward_stdio", &self.forward_stdio)
             .field("watch_host", &self.watch_host)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -222,6 +224,17 @@ impl PluginServerBuilder {
         self
     }
 
+    /// Whether SIGTERM and SIGHUP stop [`PluginServer::serve`] the way the
+    /// host's `Kill()` does (calls in progress cancelled, the socket file
+    /// removed, `serve` returns `Ok`), instead of killing the process and
+    /// leaving its socket file behind, as they do to a Go plugin.
+    /// Default: true. The handlers stay installed for the rest of the
+    /// process, and are reset in child processes at `exec`.
+    pub fn stop_on_signals(mut self, stop: bool) -> Self {
+        self.stop_on_signals = stop;
+        self
+    }
+
     /// Whether [`PluginServer::serve`] forwards what the process writes to
     /// fds 1 and 2 once it serves (its own prints and its children's) to
     /// the host through `plugin.GRPCStdio`, as go-plugin's `Serve` does.
@@ -268,6 +281,8 @@ impl PluginServerBuilder {
     pub fn build(mut self) -> Result<PluginServer> {
         let env = self.env.take().unwrap_or_else(PluginEnv::from_process);
         env.verify_cookie(&self.handshake)?;
+        // Before gRPC, which aborts the process when it runs out of them.
+        check_descriptors()?;
         let version = self.negotiate(&env);
         let multiplex = env.multiplex_grpc().map(|_| true);
         // Before gRPC starts: what it logs from then on goes through `log`.
@@ -303,6 +318,7 @@ impl PluginServerBuilder {
             shutdown,
             output: self.output.take(),
             ignore_sigint: self.ignore_sigint,
+            stop_on_signals: self.stop_on_signals,
             forward_stdio: self.forward_stdio,
             watch_host: self.watch_host,
             stdio,
@@ -384,6 +400,7 @@ pub struct PluginServer {
     /// Where the handshake line goes; `None`: the real stdout.
     output: Option<Box<dyn Write + Send>>,
     ignore_sigint: bool,
+    stop_on_signals: bool,
     forward_stdio: bool,
     watch_host: bool,
     stdio: Arc<stdio::Shared>,
@@ -414,6 +431,7 @@ impl PluginServer {
             prefer: Prefer::Unix,
             output: None,
             ignore_sigint: true,
+            stop_on_signals: true,
             forward_stdio: true,
             watch_host: true,
             shutdown_grace: Duration::from_millis(500),
@@ -448,6 +466,15 @@ impl PluginServer {
         if self.ignore_sigint {
             crate::sys::ignore_sigint();
         }
+        // Unregistered when `serve` returns.
+        let _signals = self
+            .stop_on_signals
+            .then(|| signals::stop_on_signals(self.shutdown.clone()))
+            .and_then(|registered| {
+                registered
+                    .map_err(|err| log::warn!("SIGTERM will not stop the plugin cleanly: {err}"))
+                    .ok()
+            });
         self.server.start();
         let stop = self.shutdown.clone();
         if let Err(err) = self.transport.start(Box::new(move || stop.shutdown_now())) {
@@ -519,6 +546,42 @@ impl PluginServer {
         // and nothing listens on the socket files any more.
         self.transport.close();
     }
+}
+
+/// File descriptors the plugin needs free at start: gRPC's pollers and
+/// wake-up descriptors, the listener, the stdio pipes and duplicates, and
+/// the host's first connection (measured: with fewer than 16 it cannot
+/// capture stdio, with fewer than 8 gRPC's core aborts the process).
+const START_DESCRIPTORS: usize = 16;
+
+/// Fails with [`Error::OutOfResources`] when [`START_DESCRIPTORS`] are not
+/// free: duplicates of stderr are taken and given back.
+fn check_descriptors() -> Result<()> {
+    use std::os::fd::AsFd;
+    let mut held = Vec::with_capacity(START_DESCRIPTORS);
+    for _ in 0..START_DESCRIPTORS {
+        match io::stderr().as_fd().try_clone_to_owned() {
+            Ok(fd) => held.push(fd),
+            Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                let whose = if err.raw_os_error() == Some(libc::EMFILE) {
+                    "the plugin's limit (ulimit -n, RLIMIT_NOFILE) leaves"
+                } else {
+                    "the system's table (fs.file-max) has"
+                };
+                return Err(Error::OutOfResources {
+                    what: "file descriptors",
+                    reason: format!(
+                        "{whose} only {} free, the plugin needs {START_DESCRIPTORS}: \
+                         raise the limit, or close descriptors the plugin inherits",
+                        held.len()
+                    ),
+                });
+            }
+            // No stderr to copy: nothing to measure with; gRPC will tell.
+            Err(_) => break,
+        }
+    }
+    Ok(())
 }
 
 impl Drop for PluginServer {

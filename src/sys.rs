@@ -141,6 +141,16 @@ pub(crate) fn measure_cpu_frequency() -> bool {
     unsafe { goplugin_measure_cpu_frequency() != 0 }
 }
 
+/// Gives `signal` its default action back and raises it: what it would
+/// have done had it not been caught (SIGTERM, SIGHUP: end the process).
+pub(crate) fn raise_with_default_action(signal: libc::c_int) {
+    // SAFETY: signal(2) to SIG_DFL and raise(3) take no memory.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
+}
+
 #[cfg(all(test, feature = "abseil-cpufreq"))]
 mod tests {
     /// The abseil that grpcio-sys builds is the one the shim names: with
@@ -153,4 +163,45 @@ mod tests {
              abseil than csrc/absl_cpufreq.c names"
         );
     }
+}
+
+/// Where the stop-signal handler writes: the write end of a pipe, or -1.
+static STOP_SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Catches SIGTERM and SIGHUP with a handler that writes the signal's
+/// number, as one byte, to `pipe` (the write end of a pipe the caller keeps
+/// open for the rest of the process), so that a thread reading the other
+/// end can stop the plugin. Handlers are reset to the default in child
+/// processes at `exec`.
+pub(crate) fn catch_stop_signals(pipe: RawFd) -> io::Result<()> {
+    extern "C" fn on_stop_signal(signal: libc::c_int) {
+        let fd = STOP_SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+        if fd >= 0 {
+            let byte = [signal as u8];
+            // SAFETY: errno is read and restored around write(2), all
+            // async-signal-safe; one byte from a local buffer.
+            unsafe {
+                let errno = *libc::__errno_location();
+                libc::write(fd, byte.as_ptr().cast(), 1);
+                *libc::__errno_location() = errno;
+            }
+        }
+    }
+    STOP_SIGNAL_PIPE.store(pipe, std::sync::atomic::Ordering::Relaxed);
+    for signal in [libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: a zeroed, then fully initialised, struct and a handler
+        // that only does async-signal-safe work.
+        let installed = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction =
+                on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if installed != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

@@ -178,10 +178,18 @@ fn check_certificate_pem(pem: &str) -> Result<()> {
         let der = STANDARD
             .decode(body)
             .map_err(|_| invalid("a CERTIFICATE block is not valid base64"))?;
-        if !is_der_sequence(&der) {
-            return Err(invalid(
-                "a CERTIFICATE block does not hold a DER certificate",
-            ));
+        match x509_parser::parse_x509_certificate(&der) {
+            Ok(([], _)) => {}
+            Ok(_) => {
+                return Err(invalid(
+                    "a CERTIFICATE block has bytes after its certificate",
+                ));
+            }
+            Err(err) => {
+                return Err(invalid(&format!(
+                    "a CERTIFICATE block is not an X.509 certificate ({err})"
+                )));
+            }
         }
         found = true;
         rest = &body_and_rest[end + END.len()..];
@@ -191,30 +199,6 @@ fn check_certificate_pem(pem: &str) -> Result<()> {
     } else {
         Err(invalid("no CERTIFICATE block found"))
     }
-}
-
-/// Whether `der` is exactly one DER SEQUENCE (what every X.509 certificate is).
-fn is_der_sequence(der: &[u8]) -> bool {
-    let [0x30, first, rest @ ..] = der else {
-        return false;
-    };
-    let (len, header) = match *first {
-        n if n < 0x80 => (n as usize, 2),
-        0x81..=0x84 => {
-            let count = (*first - 0x80) as usize;
-            if rest.len() < count {
-                return false;
-            }
-            (
-                rest[..count]
-                    .iter()
-                    .fold(0usize, |acc, b| (acc << 8) | *b as usize),
-                2 + count,
-            )
-        }
-        _ => return false,
-    };
-    der.len() == header + len && len > 0
 }
 
 #[cfg(test)]
@@ -242,9 +226,13 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nAAAA\n",
             "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
             "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            // A DER SEQUENCE holding an INTEGER: the shape of a certificate,
+            // not one.
+            "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n",
         ] {
             let err = check_certificate_pem(pem).expect_err(pem).to_string();
             assert!(err.starts_with("PLUGIN_CLIENT_CERT="), "{err}");
+            assert!(err.contains("AutoMTLS"), "{err}");
         }
     }
 }

@@ -14,7 +14,9 @@ use goplugin::proto::grpc_health::{HealthCheckRequest, HealthClient};
 use kv_plugin::proto::kv::{GetRequest, PutRequest};
 use kv_plugin::proto::kv_grpc::KvClient;
 
-use crate::support::{COOKIE, Output, Plugin, Running, example_bin, plugin_command, run, tempdir};
+use crate::support::{
+    COOKIE, Output, Plugin, Running, example_bin, gone_within, plugin_command, run, tempdir,
+};
 
 /// Environment variables as `(name, value)` pairs.
 type Vars = &'static [(&'static str, &'static str)];
@@ -118,23 +120,29 @@ fn unusable_port_variables_are_named_in_the_error() {
 
 #[test]
 fn a_malformed_client_cert_stops_the_plugin_at_start() {
-    let out = run_plugin(
-        Plugin::Rust,
-        &[
-            COOKIE,
-            (
-                "PLUGIN_CLIENT_CERT",
-                "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
-            ),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(out.stdout_str(), "");
-    assert!(
-        out.stderr.contains("PLUGIN_CLIENT_CERT=") && out.stderr.contains("not valid base64"),
-        "{}",
-        out.stderr
-    );
+    let cases = [
+        (
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+            "not valid base64",
+        ),
+        // DER-shaped (a SEQUENCE holding an INTEGER) but no certificate:
+        // refused at start, not later as a failure to listen.
+        (
+            "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n",
+            "not an X.509 certificate",
+        ),
+    ];
+    for (pem, want) in cases {
+        let out = run_plugin(Plugin::Rust, &[COOKIE, ("PLUGIN_CLIENT_CERT", pem)]);
+        assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+        assert_eq!(out.stdout_str(), "");
+        assert!(
+            out.stderr.contains("PLUGIN_CLIENT_CERT=") && out.stderr.contains(want),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("cannot listen"), "{}", out.stderr);
+    }
 }
 
 #[test]
@@ -350,5 +358,74 @@ fn the_plugins_link_openssl_and_libstdcxx_statically_and_are_not_pie() {
             );
         }
         assert!(needed.contains("libc.so"), "{needed}");
+    }
+}
+
+/// SIGTERM and SIGHUP stop the plugin as the host's Kill() does: exit 0,
+/// its socket file removed (a Go plugin dies and leaves it behind).
+#[test]
+fn sigterm_and_sighup_stop_the_plugin_cleanly() {
+    use std::io::{BufRead, BufReader};
+    for signal in [libc::SIGTERM, libc::SIGHUP] {
+        let sockets = tempdir();
+        let dir = tempdir();
+        let mut child = plugin_command(
+            Plugin::Rust,
+            &[
+                COOKIE,
+                ("PLUGIN_UNIX_SOCKET_DIR", sockets.path().to_str().unwrap()),
+            ],
+            dir.path(),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let socket = line.split('|').nth(3).unwrap().to_string();
+        assert!(std::path::Path::new(&socket).exists(), "{line}");
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+        assert!(
+            gone_within(child.id(), Duration::from_secs(2)),
+            "signal {signal}: still running"
+        );
+        let status = child.wait().unwrap();
+        assert!(status.success(), "signal {signal}: {status}");
+        assert!(
+            !std::path::Path::new(&socket).exists(),
+            "signal {signal}: {socket} left behind"
+        );
+    }
+}
+
+/// A descriptor limit too low to start is said as such, before gRPC's core
+/// (which aborts the process when it runs out) is started.
+#[test]
+fn a_descriptor_limit_is_reported_as_what_it_is() {
+    for limit in [6, 10] {
+        let dir = tempdir();
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n {limit} && exec {}",
+                Plugin::Rust.command()
+            ))
+            .current_dir(dir.path())
+            .env_clear()
+            .envs([COOKIE]);
+        let out = run(command);
+        assert_eq!(out.status.code(), Some(1), "limit {limit}: {}", out.stderr);
+        assert_eq!(out.stdout_str(), "", "limit {limit}");
+        assert!(
+            out.stderr.contains("not enough file descriptors to start")
+                && out.stderr.contains("ulimit -n"),
+            "limit {limit}: {}",
+            out.stderr
+        );
     }
 }
