@@ -335,3 +335,72 @@ fn assert_only_keys_and_temp_files(dir: &Path, keys: &[&str]) {
         }
     }
 }
+
+/// A FIFO planted as `kv_f` would hang a Get that opened it, on the
+/// completion-queue thread, and with it every call of the host's one
+/// connection: it is refused at once, naming the file, and the plugin
+/// keeps answering.
+#[test]
+fn a_planted_fifo_is_refused_and_holds_up_nothing() {
+    use goplugin::grpcio::{CallOption, RpcStatusCode};
+    use kv_plugin::proto::kv::GetRequest;
+
+    let dir = tempdir();
+    let made = std::process::Command::new("mkfifo")
+        .arg(dir.path().join("kv_f"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    fs::write(dir.path().join("kv_ok"), b"fine").unwrap();
+    let running = Running::start_in(Plugin::Rust, &[COOKIE], dir.path());
+    let kv = KvClient::new(running.channel());
+    let get = |key: &str| {
+        let req = GetRequest {
+            key: key.into(),
+            ..Default::default()
+        };
+        kv.get_opt(&req, CallOption::default().timeout(Duration::from_secs(5)))
+    };
+    match get("f") {
+        Err(goplugin::grpcio::Error::RpcFailure(status)) => {
+            assert_eq!(status.code(), RpcStatusCode::FAILED_PRECONDITION);
+            assert!(status.message().contains("kv_f is a FIFO"), "{status:?}");
+        }
+        other => panic!("a FIFO must be FAILED_PRECONDITION, got {other:?}"),
+    }
+    assert_eq!(get("ok").expect("the plugin still answers").value, b"fine");
+    let Output { status, .. } = running.shutdown();
+    assert!(status.success());
+}
+
+/// Values are written 0644 whatever the umask: never writable by others
+/// (under umask 000 they were 0666), and as go-plugin's Go example writes
+/// them under the usual umask.
+#[test]
+fn values_are_0644_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    for umask in ["000", "077", "022"] {
+        let dir = tempdir();
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("umask {umask} && exec {}", Plugin::Rust.command()))
+            .current_dir(dir.path())
+            .env_clear()
+            .envs([COOKIE]);
+        let running = Running::spawn(command, false);
+        let put = PutRequest {
+            key: "k".into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        };
+        KvClient::new(running.channel()).put(&put).expect("put");
+        let mode = fs::metadata(dir.path().join("kv_k"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644, "umask {umask}: {mode:o}");
+        let Output { status, .. } = running.shutdown();
+        assert!(status.success());
+    }
+}

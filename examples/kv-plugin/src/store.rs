@@ -13,16 +13,32 @@
 //!   disk (`fsync` of both), so an acknowledged value survives a plugin or
 //!   OS crash. [`Durability::Relaxed`] skips both `fsync`s.
 //! - **Keys** must be one plain file name: see [`Store::file_name`].
+//! - **Only regular files.** A key's file is opened without following a
+//!   symbolic link and without blocking (`O_NOFOLLOW | O_NONBLOCK`), and
+//!   anything but a regular file (a link, a FIFO, a directory, a socket,
+//!   a device) is `FAILED_PRECONDITION` naming the file: a planted `kv_x`
+//!   can neither point a `Get` outside the store nor hang it.
+//! - **Never blocking gRPC's thread.** [`Store::get_cached`] answers only
+//!   from the kernel's caches (`openat2` with `RESOLVE_CACHED`, `preadv2`
+//!   with `RWF_NOWAIT`) and says when the disk is needed, so `kv-plugin`
+//!   answers a `Get` inline when it can and from its pool otherwise.
+//! - **Mode 0644 whatever the umask**, for values and temporary files: the
+//!   mode go-plugin's Go example gets under the usual umask 022, so either
+//!   plugin can take over a directory, and never writable by group or
+//!   others (under umask 000 they would be, and a local user could change a
+//!   value in place).
 
 use std::ffi::CString;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, ErrorKind, Write};
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use goplugin::grpcio::{RpcStatus, RpcStatusCode};
+use goplugin::log;
 
 /// What `kv-plugin` appends to every stored value, as the Go and Python KV
 /// plugins do.
@@ -36,6 +52,14 @@ const TEMP_PREFIX: &str = ".kvtmp-";
 
 /// File-name limit assumed when the file system does not say (`NAME_MAX`).
 const DEFAULT_NAME_MAX: usize = 255;
+
+/// The mode of every file the store writes: see the module docs.
+const FILE_MODE: u32 = 0o644;
+
+/// How a key's file is opened: read-only, never through a symbolic link,
+/// never waiting for a FIFO's writer, closed at `exec`.
+const OPEN_FLAGS: libc::c_int =
+    libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
 
 /// Whether a `Put` waits for the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,16 +120,78 @@ impl Store {
         file_name(key, self.name_max)
     }
 
-    /// The bytes stored under `key` (value and trailer).
+    /// The bytes stored under `key` (value and trailer). May wait for the
+    /// disk: call it where blocking is allowed.
     pub fn get(&self, key: &str) -> Result<Vec<u8>, RpcStatus> {
         let name = self.file_name(key)?;
-        fs::read(self.dir.join(&name)).map_err(|err| match err.kind() {
-            ErrorKind::NotFound => RpcStatus::with_message(
-                RpcStatusCode::NOT_FOUND,
-                format!("no value for key {key:?}: {name} does not exist"),
-            ),
-            _ => io_status("read", &name, &err),
-        })
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(OPEN_FLAGS)
+            .open(self.dir.join(&name))
+            .map_err(|err| open_status(key, &name, &err))?;
+        let len = self.readable_len(&file, &name)?;
+        let mut value = Vec::with_capacity(len);
+        (&file)
+            .read_to_end(&mut value)
+            .map_err(|err| io_status("read", &name, &err))?;
+        Ok(value)
+    }
+
+    /// [`get`](Self::get) from the kernel's caches only, never waiting for
+    /// the disk: `Ok(None)` when answering needs it (a path component or a
+    /// page not cached, or a kernel without `openat2`/`RWF_NOWAIT`), so the
+    /// caller calls `get` where blocking is allowed.
+    pub fn get_cached(&self, key: &str) -> Result<Option<Vec<u8>>, RpcStatus> {
+        let name = self.file_name(key)?;
+        let path = CString::new(name.as_bytes()).map_err(|_| {
+            RpcStatus::with_message(
+                RpcStatusCode::INVALID_ARGUMENT,
+                "a key with a NUL byte".into(),
+            )
+        })?;
+        let file = match open_cached(&self.dir_handle, &path) {
+            Ok(fd) => File::from(fd),
+            Err(err) if would_block(&err) => return Ok(None),
+            Err(err) => return Err(open_status(key, &name, &err)),
+        };
+        let len = self.readable_len(&file, &name)?;
+        let mut value = vec![0u8; len];
+        let mut filled = 0;
+        loop {
+            if filled == value.len() {
+                // The file may have grown since fstat: read on.
+                value.resize(filled + 4096, 0);
+            }
+            match read_cached(&file, &mut value[filled..], filled) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(err) if would_block(&err) => return Ok(None),
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) => return Err(io_status("read", &name, &err)),
+            }
+        }
+        value.truncate(filled);
+        Ok(Some(value))
+    }
+
+    /// The length of a key's file, refused when it is not a regular file
+    /// or longer than any value a `Put` could store (with room for another
+    /// plugin's trailer): a planted file must not make a `Get` allocate
+    /// whatever it says.
+    fn readable_len(&self, file: &File, name: &str) -> Result<usize, RpcStatus> {
+        let len = regular_file_len(file, name)?;
+        let limit = self.max_value.saturating_add(4096);
+        if len > limit {
+            return Err(RpcStatus::with_message(
+                RpcStatusCode::FAILED_PRECONDITION,
+                format!(
+                    "{name} holds {len} bytes, more than a value may have ({} bytes, \
+                     KV_PLUGIN_MAX_VALUE_BYTES)",
+                    self.max_value
+                ),
+            ));
+        }
+        Ok(len)
     }
 
     /// Stores `value` and the trailer under `key`, atomically.
@@ -141,9 +227,12 @@ impl Store {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o666)
+            .mode(FILE_MODE)
             .open(temp)
             .map_err(|err| io_status("create", &temp_name, &err))?;
+        // The umask narrows the mode given at creation; fchmod does not.
+        file.set_permissions(Permissions::from_mode(FILE_MODE))
+            .map_err(|err| io_status("set the mode of", &temp_name, &err))?;
         file.write_all(content)
             .map_err(|err| io_status("write", &temp_name, &err))?;
         if self.durability == Durability::Durable {
@@ -151,7 +240,16 @@ impl Store {
                 .map_err(|err| io_status("sync", &temp_name, &err))?;
         }
         drop(file);
-        fs::rename(temp, self.dir.join(name)).map_err(|err| io_status("replace", name, &err))?;
+        fs::rename(temp, self.dir.join(name)).map_err(|err| match err.raw_os_error() {
+            // Something else than a file is in the way.
+            Some(libc::EISDIR | libc::ENOTEMPTY | libc::EEXIST) => RpcStatus::with_message(
+                RpcStatusCode::FAILED_PRECONDITION,
+                format!(
+                    "cannot replace {name}: it is a directory; the store keeps regular files only"
+                ),
+            ),
+            _ => io_status("replace", name, &err),
+        })?;
         if self.durability == Durability::Durable {
             self.dir_handle
                 .sync_all()
@@ -162,23 +260,137 @@ impl Store {
 
     /// Removes `.kvtmp-<pid>-*` files of processes that no longer run.
     /// Files of live processes (another plugin sharing the directory) are
-    /// left alone: they are in the middle of a `Put`.
+    /// left alone: they are in the middle of a `Put`. So is whatever is not
+    /// a regular file of this user's (another user's file in a shared
+    /// directory, a planted directory) and whatever cannot be removed: a
+    /// warning says so, and the store opens anyway.
     fn remove_orphaned_temp_files(&self) -> io::Result<()> {
+        // SAFETY: geteuid cannot fail and takes no memory.
+        let uid = unsafe { libc::geteuid() };
         for entry in fs::read_dir(&self.dir)? {
-            let entry = entry?;
+            let Ok(entry) = entry else { continue };
             let name = entry.file_name();
             let Some(pid) = temp_file_pid(name.as_bytes()) else {
                 continue;
             };
-            if pid != self.pid && !process_exists(pid) {
-                match fs::remove_file(entry.path()) {
-                    Err(err) if err.kind() != ErrorKind::NotFound => return Err(err),
-                    _ => {}
-                }
+            if pid == self.pid || process_exists(pid) {
+                continue;
+            }
+            let shown = name.to_string_lossy();
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if !meta.file_type().is_file() || meta.uid() != uid {
+                log::warn!(
+                    "{shown} is named like a temporary file of the store but is not a regular \
+                     file of this user's; left alone"
+                );
+                continue;
+            }
+            match fs::remove_file(entry.path()) {
+                Err(err) if err.kind() != ErrorKind::NotFound => log::warn!(
+                    "cannot remove {shown}, a temporary file a crashed plugin left: {err}; \
+                     left alone"
+                ),
+                _ => {}
             }
         }
         Ok(())
     }
+}
+
+/// The status for a key's file that cannot be opened for reading.
+fn open_status(key: &str, name: &str, err: &io::Error) -> RpcStatus {
+    match err.raw_os_error() {
+        Some(libc::ENOENT) => RpcStatus::with_message(
+            RpcStatusCode::NOT_FOUND,
+            format!("no value for key {key:?}: {name} does not exist"),
+        ),
+        // O_NOFOLLOW on a link; a socket cannot be opened at all.
+        Some(libc::ELOOP | libc::ENXIO) => not_a_regular_file(name, "a symbolic link or a socket"),
+        _ => io_status("read", name, err),
+    }
+}
+
+fn not_a_regular_file(name: &str, what: &str) -> RpcStatus {
+    RpcStatus::with_message(
+        RpcStatusCode::FAILED_PRECONDITION,
+        format!(
+            "{name} is {what}, not a regular file; the store reads and writes regular files \
+             only: remove it"
+        ),
+    )
+}
+
+/// The length of `file`, or `FAILED_PRECONDITION` when it is not a
+/// regular file (a FIFO, a directory, a device).
+fn regular_file_len(file: &File, name: &str) -> Result<usize, RpcStatus> {
+    let meta = file
+        .metadata()
+        .map_err(|err| io_status("inspect", name, &err))?;
+    let kind = meta.file_type();
+    if kind.is_file() {
+        return Ok(usize::try_from(meta.len()).unwrap_or(usize::MAX));
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "something else"
+    };
+    Err(not_a_regular_file(name, what))
+}
+
+/// Whether `err` means "the answer needs the disk" (or this kernel cannot
+/// say without it).
+fn would_block(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EAGAIN | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP)
+    )
+}
+
+/// `openat2(dir, name, OPEN_FLAGS)` resolving only through the kernel's
+/// lookup cache, never through a link, never out of `dir`.
+fn open_cached(dir: &File, name: &CString) -> io::Result<OwnedFd> {
+    // SAFETY: an all-zero `open_how` is valid (no flags), then filled in.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = OPEN_FLAGS as u64;
+    how.resolve = libc::RESOLVE_CACHED | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH;
+    // SAFETY: `name` is NUL-terminated and `how` a live, initialised
+    // open_how of the size passed; the descriptor returned is new and
+    // owned by nobody else.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = libc::c_int::try_from(fd).map_err(|_| io::Error::other("descriptor out of range"))?;
+    // SAFETY: see above: a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `preadv2(RWF_NOWAIT)`: the bytes at `offset` that are in the page
+/// cache; `EAGAIN` when they are not.
+fn read_cached(file: &File, buf: &mut [u8], offset: usize) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let offset = libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
+    // SAFETY: one iovec over `buf`, valid for writes of its length.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// See [`Store::file_name`].
@@ -261,6 +473,93 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn code(result: Result<impl std::fmt::Debug, RpcStatus>) -> RpcStatusCode {
+        result.expect_err("an error").code()
+    }
+
+    #[test]
+    fn a_link_is_not_followed() {
+        let (dir, store) = store(Durability::Relaxed);
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), b"secret").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("kv_x")).unwrap();
+        assert_eq!(code(store.get("x")), RpcStatusCode::FAILED_PRECONDITION);
+        assert_eq!(
+            code(store.get_cached("x")),
+            RpcStatusCode::FAILED_PRECONDITION
+        );
+    }
+
+    #[test]
+    fn a_fifo_is_refused_at_once_not_waited_on() {
+        let (dir, store) = store(Durability::Relaxed);
+        let fifo = dir.path().join("kv_f");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        for result in [store.get("f").map(drop), store.get_cached("f").map(drop)] {
+            let status = result.expect_err("a FIFO");
+            assert_eq!(status.code(), RpcStatusCode::FAILED_PRECONDITION);
+            assert!(status.message().contains("kv_f is a FIFO"), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn a_planted_file_larger_than_any_value_is_refused() {
+        let (dir, store) = store(Durability::Relaxed);
+        let big = File::create(dir.path().join("kv_big")).unwrap();
+        big.set_len(1 << 40).unwrap(); // sparse: a terabyte it says it holds
+        assert_eq!(code(store.get("big")), RpcStatusCode::FAILED_PRECONDITION);
+        assert_eq!(
+            code(store.get_cached("big")),
+            RpcStatusCode::FAILED_PRECONDITION
+        );
+    }
+
+    #[test]
+    fn cached_reads_answer_from_the_cache_and_say_when_they_cannot() {
+        let (dir, store) = store(Durability::Durable);
+        store.put("k", b"value".to_vec()).unwrap();
+        let want = [&b"value"[..], TRAILER].concat();
+        assert_eq!(store.get_cached("k").unwrap().as_deref(), Some(&want[..]));
+        // A missing file: NOT_FOUND, or "ask get" when the kernel has not
+        // cached that the name is absent.
+        match store.get_cached("missing") {
+            Ok(None) => assert_eq!(code(store.get("missing")), RpcStatusCode::NOT_FOUND),
+            other => assert_eq!(code(other), RpcStatusCode::NOT_FOUND),
+        }
+        // Clean pages of a synced file can be dropped from the page cache
+        // (not on tmpfs, which has nowhere else to keep them).
+        let file = File::open(dir.path().join("kv_k")).unwrap();
+        // SAFETY: fadvise on a descriptor we own.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let mut fs_info: libc::statfs = unsafe { std::mem::zeroed() };
+        let path = CString::new(dir.path().as_os_str().as_bytes()).unwrap();
+        // SAFETY: statfs into a zeroed struct we own.
+        assert_eq!(unsafe { libc::statfs(path.as_ptr(), &mut fs_info) }, 0);
+        if fs_info.f_type != libc::TMPFS_MAGIC {
+            assert_eq!(store.get_cached("k").unwrap(), None, "the page was dropped");
+        }
+        assert_eq!(store.get("k").unwrap(), want);
+    }
+
+    #[test]
+    fn planted_temporary_files_do_not_stop_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid that cannot exist: pid_max is at most 2^22.
+        let planted = dir.path().join(".kvtmp-99999999-1");
+        fs::create_dir(&planted).unwrap();
+        fs::write(dir.path().join(".kvtmp-99999999-2"), b"orphan").unwrap();
+        Store::open(dir.path(), Durability::Relaxed, 1024, TRAILER).expect("opens");
+        assert!(planted.is_dir(), "a directory is left alone");
+        assert!(
+            !dir.path().join(".kvtmp-99999999-2").exists(),
+            "an orphan goes"
+        );
+    }
+
     fn store(durability: Durability) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), durability, 1024, TRAILER).unwrap();
@@ -339,20 +638,30 @@ mod tests {
     fn file_errors_name_the_file() {
         let (dir, store) = store(Durability::Relaxed);
         fs::create_dir(dir.path().join("kv_adir")).unwrap();
-        let status = store.get("adir").unwrap_err();
-        assert_eq!(status.code(), RpcStatusCode::INTERNAL);
-        assert!(
-            status.message().starts_with("cannot read kv_adir: "),
-            "{}",
-            status.message()
-        );
-        let status = store.put("adir", b"x".to_vec()).unwrap_err();
-        assert_eq!(status.code(), RpcStatusCode::INTERNAL);
-        assert!(
-            status.message().starts_with("cannot replace kv_adir: "),
-            "{}",
-            status.message()
-        );
+        // A directory in the way: FAILED_PRECONDITION, with the file named,
+        // for an empty one and one with something in it.
+        fs::create_dir(dir.path().join("kv_full")).unwrap();
+        fs::write(dir.path().join("kv_full").join("x"), b"x").unwrap();
+        for key in ["adir", "full"] {
+            let status = store.get(key).unwrap_err();
+            assert_eq!(status.code(), RpcStatusCode::FAILED_PRECONDITION);
+            assert!(
+                status
+                    .message()
+                    .starts_with(&format!("kv_{key} is a directory")),
+                "{}",
+                status.message()
+            );
+            let status = store.put(key, b"x".to_vec()).unwrap_err();
+            assert_eq!(status.code(), RpcStatusCode::FAILED_PRECONDITION);
+            assert!(
+                status
+                    .message()
+                    .starts_with(&format!("cannot replace kv_{key}: ")),
+                "{}",
+                status.message()
+            );
+        }
     }
 
     #[test]
