@@ -9,15 +9,23 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Waker};
 use std::thread;
 
 use grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
 
 use crate::locks::{lock, wait};
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
+/// Queued work: what to run, and what to do instead when no thread can
+/// ever run it.
+struct Job {
+    run: Box<dyn FnOnce() + Send + 'static>,
+    refuse: Box<dyn FnOnce(&str) + Send + 'static>,
+}
 
 /// A pool of threads for blocking handler code.
 ///
@@ -70,6 +78,9 @@ impl fmt::Debug for BlockingPool {
 struct Inner {
     shared: Arc<Shared>,
     max_threads: usize,
+    /// Tests: behave as if the OS refused every new thread.
+    #[cfg(test)]
+    refuse_threads: std::sync::atomic::AtomicBool,
 }
 
 /// What the workers share with the pool.
@@ -101,7 +112,7 @@ impl Shared {
                 state.idle -= 1;
                 drop(state);
                 // A panicking job must not take the worker with it.
-                let _ = catch_unwind(AssertUnwindSafe(job));
+                let _ = catch_unwind(AssertUnwindSafe(job.run));
                 state = lock(&self.state);
                 state.idle += 1;
             } else if state.closed {
@@ -137,15 +148,29 @@ impl BlockingPool {
                     work: Condvar::new(),
                 }),
                 max_threads: max_threads.max(1),
+                #[cfg(test)]
+                refuse_threads: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
 
     /// Runs `job` on a pool thread.
+    ///
+    /// Never on the caller's thread, which may be gRPC's: when the OS
+    /// refuses a new thread and the pool has none running, the job is
+    /// dropped with an error in the log (and [`unary`](Self::unary) answers
+    /// `UNAVAILABLE`); the next job tries to start a thread again.
     pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
+        self.queue(Job {
+            run: Box::new(job),
+            refuse: Box::new(|why| log::error!("a blocking-pool job was dropped: {why}")),
+        });
+    }
+
+    fn queue(&self, job: Job) {
         let shared = &self.inner.shared;
         let mut state = lock(&shared.state);
-        state.jobs.push_back(Box::new(job));
+        state.jobs.push_back(job);
         let waiting = state.idle;
         // Each idle worker takes one queued job; a job beyond them gets a
         // new thread, so it never waits behind a busy one below the limit.
@@ -166,25 +191,42 @@ impl BlockingPool {
     /// Starts a worker already counted in `threads` and `idle`.
     fn start_thread(&self) {
         let shared = Arc::clone(&self.inner.shared);
+        #[cfg(test)]
+        if self
+            .inner
+            .refuse_threads
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return self.thread_refused(&std::io::Error::from_raw_os_error(libc::EAGAIN));
+        }
         let spawned = thread::Builder::new()
             .name("goplugin-blocking".to_string())
             .spawn(move || shared.work());
         if let Err(err) = spawned {
-            let mut state = lock(&self.inner.shared.state);
-            state.threads -= 1;
-            state.idle -= 1;
-            if state.threads > 0 {
-                // The running workers will get to the queued work.
-                return;
-            }
-            // No worker at all: nobody would ever run the queue, so it runs
-            // here, on the caller's thread, rather than never.
-            log::warn!("cannot start a blocking-pool thread ({err}); running its work inline");
-            let jobs = std::mem::take(&mut state.jobs);
-            drop(state);
-            for job in jobs {
-                let _ = catch_unwind(AssertUnwindSafe(job));
-            }
+            self.thread_refused(&err);
+        }
+    }
+
+    /// The OS refused a worker thread. With other workers running, they
+    /// get to the queue. With none, nobody ever would: the queued jobs are
+    /// refused rather than run here, on what may be gRPC's thread, where a
+    /// job that waits for gRPC (an answer, a call) would wait forever.
+    fn thread_refused(&self, err: &std::io::Error) {
+        let mut state = lock(&self.inner.shared.state);
+        state.threads -= 1;
+        state.idle -= 1;
+        if state.threads > 0 {
+            return;
+        }
+        let jobs = std::mem::take(&mut state.jobs);
+        drop(state);
+        let why = format!(
+            "the plugin cannot start a thread ({err}): the OS limits its threads \
+             (ulimit -u, cgroup pids.max)"
+        );
+        log::warn!("{why}; {} queued call(s) refused", jobs.len());
+        for job in jobs {
+            (job.refuse)(&why);
         }
     }
 
@@ -199,14 +241,27 @@ impl BlockingPool {
         T: Send + 'static,
         F: FnOnce() -> Result<T, RpcStatus> + Send + 'static,
     {
-        self.spawn(move || {
-            let result = catch_unwind(AssertUnwindSafe(handler)).unwrap_or_else(|_| {
-                Err(RpcStatus::with_message(
-                    RpcStatusCode::INTERNAL,
-                    "the plugin's handler panicked; see the plugin's log".to_string(),
-                ))
-            });
-            futures::executor::block_on(send(sink, result));
+        // Whichever of running and refusing happens takes the sink.
+        let sink = Arc::new(Mutex::new(Some(sink)));
+        let refused = Arc::clone(&sink);
+        self.queue(Job {
+            run: Box::new(move || {
+                let result = catch_unwind(AssertUnwindSafe(handler)).unwrap_or_else(|_| {
+                    Err(RpcStatus::with_message(
+                        RpcStatusCode::INTERNAL,
+                        "the plugin's handler panicked; see the plugin's log".to_string(),
+                    ))
+                });
+                if let Some(sink) = lock(&sink).take() {
+                    futures::executor::block_on(send(sink, result));
+                }
+            }),
+            refuse: Box::new(move |why| {
+                if let Some(sink) = lock(&refused).take() {
+                    let status = RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, why.into());
+                    send_without_waiting(send(sink, Err(status)));
+                }
+            }),
         });
     }
 }
@@ -241,6 +296,24 @@ pub fn answer<T: Send + 'static>(
     // gRPC cancels a call whose sink future is dropped before delivery
     // completes, so the future is spawned, not dropped.
     ctx.spawn(send(sink, result));
+}
+
+/// Answers that could not be sent from a thread of their own. gRPC cancels
+/// a call whose sink future is dropped before delivery completes, so each
+/// future is kept until gRPC has completed it; none is waited for.
+static UNSENT: Mutex<Vec<Pin<Box<dyn Future<Output = ()> + Send>>>> = Mutex::new(Vec::new());
+
+/// Starts sending an answer on the caller's thread, which may be gRPC's,
+/// without waiting for it: the future is polled once, and kept (in
+/// [`UNSENT`], polled again at the next such answer) while pending.
+fn send_without_waiting(answer: impl Future<Output = ()> + Send + 'static) {
+    let mut unsent = lock(&UNSENT);
+    let mut context = Context::from_waker(Waker::noop());
+    unsent.retain_mut(|pending| pending.as_mut().poll(&mut context).is_pending());
+    let mut answer: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(answer);
+    if answer.as_mut().poll(&mut context).is_pending() {
+        unsent.push(answer);
+    }
 }
 
 /// Sends `result` on `sink`. The call may already be gone (cancelled by the
@@ -336,6 +409,81 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "workers never ended");
             thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// With no thread to be had and none running, a job is refused, not run
+    /// on the caller's thread (gRPC's, in a handler); once threads can be
+    /// started again, the pool works again.
+    #[test]
+    fn without_threads_jobs_are_refused_not_run_inline() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let pool = BlockingPool::new(2);
+        pool.inner.refuse_threads.store(true, Ordering::Relaxed);
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&ran);
+        pool.spawn(move || flag.store(true, Ordering::Relaxed));
+        assert!(!ran.load(Ordering::Relaxed), "a refused job never runs");
+        {
+            let state = lock(&pool.inner.shared.state);
+            assert_eq!((state.threads, state.idle, state.jobs.len()), (0, 0, 0));
+        }
+        pool.inner.refuse_threads.store(false, Ordering::Relaxed);
+        let (done, wait) = channel();
+        pool.spawn(move || done.send(thread::current().id()).unwrap());
+        let worker = wait
+            .recv_timeout(Duration::from_secs(5))
+            .expect("runs again");
+        assert_ne!(worker, thread::current().id());
+    }
+
+    /// A refused `unary` answers UNAVAILABLE, from the handler's own
+    /// thread (gRPC's here) without waiting there.
+    #[test]
+    fn a_refused_unary_call_is_unavailable() {
+        use crate::proto::grpc_health::{
+            Health, HealthCheckRequest, HealthCheckResponse, HealthClient, create_health,
+        };
+        use std::sync::atomic::Ordering;
+
+        #[derive(Clone)]
+        struct Refusing(BlockingPool);
+        impl Health for Refusing {
+            fn check(
+                &mut self,
+                _: RpcContext<'_>,
+                _: HealthCheckRequest,
+                sink: UnarySink<HealthCheckResponse>,
+            ) {
+                self.0.unary(sink, || Ok(HealthCheckResponse::default()));
+            }
+        }
+
+        let pool = BlockingPool::new(1);
+        pool.inner.refuse_threads.store(true, Ordering::Relaxed);
+        let env = Arc::new(grpcio::EnvBuilder::new().cq_count(1).build());
+        let mut server = grpcio::ServerBuilder::new(Arc::clone(&env))
+            .register_service(create_health(Refusing(pool)))
+            .build()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("goplugin-pool-{}", std::process::id()));
+        let target = format!("unix:{}", dir.display());
+        server
+            .add_listening_port(&target, grpcio::ServerCredentials::insecure())
+            .unwrap();
+        server.start();
+        let client = HealthClient::new(grpcio::ChannelBuilder::new(env).connect(&target));
+        let options = grpcio::CallOption::default().timeout(Duration::from_secs(5));
+        match client.check_opt(&HealthCheckRequest::default(), options) {
+            Err(grpcio::Error::RpcFailure(status)) => {
+                assert_eq!(status.code(), RpcStatusCode::UNAVAILABLE, "{status:?}");
+                assert!(
+                    status.message().contains("cannot start a thread"),
+                    "{status:?}"
+                );
+            }
+            other => panic!("want UNAVAILABLE, got {other:?}"),
+        }
+        let _ = std::fs::remove_file(&dir);
     }
 
     #[test]

@@ -461,20 +461,26 @@ impl PluginServer {
     ///
     /// # Errors
     /// [`Error::Handshake`] when the line cannot be written, for example
-    /// because stdout is closed; the server is stopped again.
+    /// because stdout is closed; [`Error::OutOfResources`] when the thread
+    /// that watches for the host's death cannot start. The server is
+    /// stopped again.
     pub fn serve(mut self) -> Result<()> {
         if self.ignore_sigint {
             crate::sys::ignore_sigint();
         }
         // Unregistered when `serve` returns.
-        let _signals = self
-            .stop_on_signals
-            .then(|| signals::stop_on_signals(self.shutdown.clone()))
-            .and_then(|registered| {
-                registered
-                    .map_err(|err| log::warn!("SIGTERM will not stop the plugin cleanly: {err}"))
-                    .ok()
-            });
+        let _signals = match self.stop_on_signals {
+            true => Some(
+                signals::stop_on_signals(self.shutdown.clone()).map_err(|reason| {
+                    self.stop(Stop::Now);
+                    Error::OutOfResources {
+                        what: "threads",
+                        reason,
+                    }
+                })?,
+            ),
+            false => None,
+        };
         self.server.start();
         let stop = self.shutdown.clone();
         if let Err(err) = self.transport.start(Box::new(move || stop.shutdown_now())) {
@@ -512,12 +518,24 @@ impl PluginServer {
             return Err(Error::Handshake(err));
         }
         // Threads only once the handshake is out.
-        if let Some(capture) = capture.as_mut() {
-            capture.start_readers();
+        if let Some(mut started) = capture.take() {
+            if let Err(err) = started.start_readers() {
+                started.finish();
+                self.stop(Stop::Now);
+                return Err(out_of_threads("read the plugin's stdout and stderr", &err));
+            }
+            capture = Some(started);
         }
         if self.watch_host {
             let fds = capture.as_ref().map_or([1, 2], stdio::Capture::real_fds);
-            watchdog::watch(fds, self.shutdown.clone());
+            if let Err(err) = watchdog::watch(fds, self.shutdown.clone()) {
+                // A plugin that cannot notice its host's death must not run.
+                if let Some(capture) = capture {
+                    capture.finish();
+                }
+                self.stop(Stop::Now);
+                return Err(out_of_threads("watch for the host's death", &err));
+            }
         }
         #[cfg(feature = "abseil-cpufreq")]
         measure_cpu_frequency();
@@ -545,6 +563,17 @@ impl PluginServer {
         // Last: a multiplexed connection carries the controller's answer,
         // and nothing listens on the socket files any more.
         self.transport.close();
+    }
+}
+
+/// The error for a thread the plugin needs to `what` that the OS refused.
+fn out_of_threads(what: &str, err: &io::Error) -> Error {
+    Error::OutOfResources {
+        what: "threads",
+        reason: format!(
+            "cannot start the thread to {what} ({err}): the OS limits the plugin's threads \
+             (ulimit -u, RLIMIT_NPROC, cgroup pids.max)"
+        ),
     }
 }
 

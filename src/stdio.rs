@@ -317,15 +317,19 @@ impl Capture {
 
     /// Starts reading the pipes, and holding output for the host's first
     /// subscription.
-    pub(crate) fn start_readers(&mut self) {
+    ///
+    /// # Errors
+    /// A reader thread could not be started: the pipe would fill up and
+    /// block every writer, so the plugin must not go on.
+    pub(crate) fn start_readers(&mut self) -> io::Result<()> {
         lock(&self.shared.subscriber).hold_until = Some(Instant::now() + HOLD);
         let pipes = lock(&self.shared.pipes).clone();
         let channels = [Channel::STDOUT, Channel::STDERR];
         for (pipe, channel) in pipes.into_iter().zip(channels) {
-            if reader(Arc::clone(&self.shared), pipe, channel, self.done.clone()) {
-                self.readers += 1;
-            }
+            reader(Arc::clone(&self.shared), pipe, channel, self.done.clone())?;
+            self.readers += 1;
         }
+        Ok(())
     }
 
     /// The real stdout and stderr, for watching whether the host still reads them.
@@ -361,7 +365,7 @@ fn reader(
     pipe: Arc<OwnedFd>,
     channel: Channel,
     done: std::sync::mpsc::Sender<()>,
-) -> bool {
+) -> io::Result<()> {
     let name = match channel {
         Channel::STDERR => "goplugin-stderr",
         _ => "goplugin-stdout",
@@ -405,15 +409,7 @@ fn reader(
         }
         let _ = done.send(());
     });
-    match spawned {
-        Ok(_) => true,
-        Err(err) => {
-            // Out of threads: the pipe will fill up and block writers.
-            // Nothing better can be done this late; say so.
-            log::error!("cannot start the stdio reader: {err}");
-            false
-        }
-    }
+    spawned.map(drop)
 }
 
 /// A pipe whose ends are closed at `exec`.

@@ -124,12 +124,24 @@ impl Transport {
             .map(AutoMtls::new)
             .transpose()?
             .map(Arc::new);
-        let grpc_env = Arc::new(
+        // grpcio unwraps the spawning of its completion-queue threads: out
+        // of threads, that is a panic, caught here and said as what it is
+        // (the default panic hook has printed it; with panic = "abort" the
+        // process ends there).
+        let grpc_env = std::panic::catch_unwind(|| {
             EnvBuilder::new()
                 .cq_count(threads)
                 .name_prefix("goplugin-grpc")
-                .build(),
-        );
+                .build()
+        })
+        .map(Arc::new)
+        .map_err(|_| Error::OutOfResources {
+            what: "threads",
+            reason: format!(
+                "gRPC could not start its {threads} completion-queue thread(s): the OS \
+                 limits the plugin's threads (ulimit -u, cgroup pids.max)"
+            ),
+        })?;
         Ok(Transport {
             env,
             prefer,

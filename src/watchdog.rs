@@ -25,7 +25,11 @@ const INTERVAL_MS: libc::c_int = 100;
 
 /// Watches `fds` (the real stdout and stderr) and the parent process on a
 /// thread of its own until `shutdown` is triggered.
-pub(crate) fn watch(fds: [RawFd; 2], shutdown: ShutdownHandle) {
+///
+/// # Errors
+/// The thread could not be started: without it a plugin would outlive a
+/// host that dies, so the caller stops.
+pub(crate) fn watch(fds: [RawFd; 2], shutdown: ShutdownHandle) -> std::io::Result<()> {
     let parent = std::os::unix::process::parent_id();
     let watcher = shutdown.clone();
     let spawned = thread::Builder::new()
@@ -40,9 +44,7 @@ pub(crate) fn watch(fds: [RawFd; 2], shutdown: ShutdownHandle) {
                 }
             }
         });
-    if let Err(err) = spawned {
-        log::warn!("cannot watch for the host's death: {err}");
-    }
+    spawned.map(drop)
 }
 
 /// Waits up to one interval and says why the host is gone, if it is. A

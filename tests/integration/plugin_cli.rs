@@ -429,3 +429,87 @@ fn a_descriptor_limit_is_reported_as_what_it_is() {
         );
     }
 }
+
+/// Threads of the plugin's user now (RLIMIT_NPROC counts them all).
+fn threads_of_uid(uid: u32) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+        };
+        if field("Uid:") == Some(u64::from(uid)) {
+            total += field("Threads:").unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// Under a thread limit the plugin stops with a message that names it,
+/// exit 1: where grpcio cannot start its threads (it unwraps the spawn: a
+/// panic, caught), where ours cannot start (the SIGTERM thread before the
+/// handshake, the stdio readers after it). Never a hang, never a plugin
+/// serving without them. Run as `nobody` when root (RLIMIT_NPROC does not
+/// bind root), else as the user, above the threads the user has now.
+#[test]
+fn thread_limits_stop_the_plugin_with_a_message() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    // A copy `nobody` can run, wherever the checkout is.
+    let bin = tempdir();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let plugin = bin.path().join("kv-plugin");
+    std::fs::copy(example_bin("kv-plugin"), &plugin).unwrap();
+    for extra in [2, 8, 9] {
+        let dir = tempdir();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut command = std::process::Command::new(if root { "setpriv" } else { "prlimit" });
+        if root {
+            command.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "prlimit",
+            ]);
+        }
+        let base = if root {
+            threads_of_uid(65534)
+        } else {
+            // SAFETY: getuid cannot fail.
+            threads_of_uid(unsafe { libc::getuid() })
+        };
+        let limit = base + extra;
+        command
+            .arg(format!("--nproc={limit}:{limit}"))
+            .arg(&plugin)
+            .current_dir(dir.path())
+            .env_clear()
+            .envs([COOKIE, ("TMPDIR", dir.path().to_str().unwrap())]);
+        let out = run(command);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{extra} threads: {}",
+            out.stderr
+        );
+        let stdout = out.stdout_str();
+        assert!(
+            stdout.is_empty() || (stdout.starts_with("1|1|unix|") && stdout.lines().count() == 1),
+            "{extra} threads: {stdout:?}"
+        );
+        assert!(
+            out.stderr.contains("not enough threads to start"),
+            "{extra} threads: {}",
+            out.stderr
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{extra} threads: left {left:?}");
+    }
+}
