@@ -8,22 +8,31 @@
 //! library never installs a global logger by itself.
 //!
 //! Lines go to the real stderr even while the stdio capture forwards
-//! fd 2 to the host, never panic, and never wait more than about a second
-//! for a host that stopped reading.
+//! fd 2 to the host, and never panic. Logging never waits for stderr: a
+//! thread of the logger's own writes the lines (waiting at most about a
+//! second per line for a host that stopped reading), and a line that finds
+//! 1024 others waiting is dropped and counted, the count written once the
+//! writer gets on. gRPC core's own lines are limited to 20 a second, the
+//! rest counted (a flood of failed TLS handshakes logs one each), so no
+//! gRPC thread ever waits on a log line.
 //!
 //! Mirrors go-hclog's JSON format (`intlogger.go`) and go-plugin's parser
 //! (`log_entry.go`): `@level` and `@message` are always strings, and
 //! `@timestamp` has exactly six fractional digits, or the host would drop
 //! the line's fields (or, for non-strings, panic).
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::error::{Error, Result};
+use crate::locks::{lock, wait, wait_for};
 use crate::sys;
 
 /// Installs the hclog-JSON logger for the `log` crate at `level`.
@@ -37,7 +46,11 @@ use crate::sys;
 /// # Errors
 /// [`Error::LoggerAlreadySet`] when another logger was installed first.
 pub fn init(level: LevelFilter) -> Result<()> {
-    log::set_boxed_logger(Box::new(HclogLogger { level })).map_err(|_| Error::LoggerAlreadySet)?;
+    let logger = LOGGER.get_or_init(|| HclogLogger::new(level));
+    if logger.level != level {
+        return Err(Error::LoggerAlreadySet);
+    }
+    log::set_boxed_logger(Box::new(Installed(logger))).map_err(|_| Error::LoggerAlreadySet)?;
     log::set_max_level(level);
     redirect_grpc_log();
     Ok(())
@@ -98,25 +111,191 @@ pub(crate) fn write_fd(fd: RawFd, mut data: &[u8]) {
     }
 }
 
+/// Lines waiting for the writer thread; a line beyond them is dropped and
+/// counted rather than wait, whoever logs it (gRPC's threads among them).
+const QUEUE_LINES: usize = 1024;
+
+/// gRPC core's lines written per second at most (a flood of failed TLS
+/// handshakes logs one each); the rest are counted and summarised.
+const GRPC_LINES_PER_SECOND: u32 = 20;
+
+/// How long [`Log::flush`] waits for queued lines to be written.
+const FLUSH_PATIENCE: Duration = Duration::from_secs(2);
+
 struct HclogLogger {
     level: LevelFilter,
+    queue: Mutex<Queue>,
+    /// Signalled when a line is queued.
+    queued: Condvar,
+    /// Signalled when the queue is empty and nothing is being written.
+    drained: Condvar,
+    grpc_lines: Mutex<RateWindow>,
 }
 
-impl Log for HclogLogger {
+#[derive(Default)]
+struct Queue {
+    lines: VecDeque<String>,
+    /// Lines dropped since the writer last said so.
+    dropped: u64,
+    /// The writer is writing a line it took.
+    writing: bool,
+    writer: WriterThread,
+}
+
+#[derive(Default, PartialEq, Eq)]
+enum WriterThread {
+    #[default]
+    NotStarted,
+    Running,
+    /// The OS refused the thread: lines are written by whoever logs them.
+    Refused,
+}
+
+/// gRPC core's lines of the current second.
+struct RateWindow {
+    started: Instant,
+    written: u32,
+    suppressed: u64,
+}
+
+impl HclogLogger {
+    fn new(level: LevelFilter) -> HclogLogger {
+        HclogLogger {
+            level,
+            queue: Mutex::default(),
+            queued: Condvar::new(),
+            drained: Condvar::new(),
+            grpc_lines: Mutex::new(RateWindow {
+                started: Instant::now(),
+                written: 0,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// Whether a line of gRPC core's may be written now; once a second, the
+    /// count of those that were not is written instead.
+    fn grpc_line_allowed(&'static self) -> bool {
+        let mut window = lock(&self.grpc_lines);
+        if window.started.elapsed() >= Duration::from_secs(1) {
+            let suppressed = std::mem::take(&mut window.suppressed);
+            *window = RateWindow {
+                started: Instant::now(),
+                written: 0,
+                suppressed: 0,
+            };
+            drop(window);
+            if suppressed > 0 {
+                self.write(notice(&format!(
+                    "{suppressed} log lines of gRPC's core left out in a second: more than \
+                     {GRPC_LINES_PER_SECOND} a second (failed TLS handshakes, for one)"
+                )));
+            }
+            window = lock(&self.grpc_lines);
+        }
+        if window.written < GRPC_LINES_PER_SECOND {
+            window.written += 1;
+            true
+        } else {
+            window.suppressed += 1;
+            false
+        }
+    }
+
+    /// Queues `line` for the writer thread, starting it the first time;
+    /// never waits for stderr. Without a writer thread (the OS refused it),
+    /// writes the line itself, as patiently as [`write_fd`] is.
+    fn write(&'static self, line: String) {
+        let mut queue = lock(&self.queue);
+        if queue.writer == WriterThread::NotStarted {
+            let started = thread::Builder::new()
+                .name("goplugin-log".into())
+                .spawn(move || self.run_writer());
+            queue.writer = match started {
+                Ok(_) => WriterThread::Running,
+                Err(_) => WriterThread::Refused,
+            };
+        }
+        if queue.writer == WriterThread::Refused {
+            drop(queue);
+            write_fd(STDERR_FD.load(Ordering::Acquire), line.as_bytes());
+        } else if queue.lines.len() < QUEUE_LINES {
+            queue.lines.push_back(line);
+            self.queued.notify_one();
+        } else {
+            queue.dropped += 1;
+        }
+    }
+
+    /// The writer thread: one line at a time, one write per line, so lines
+    /// of concurrent threads do not mix; a stalled stderr holds up only
+    /// this thread.
+    fn run_writer(&self) {
+        let mut queue = lock(&self.queue);
+        loop {
+            let Some(line) = queue.lines.pop_front() else {
+                self.drained.notify_all();
+                queue = wait(&self.queued, queue);
+                continue;
+            };
+            queue.writing = true;
+            let dropped = std::mem::take(&mut queue.dropped);
+            drop(queue);
+            let fd = STDERR_FD.load(Ordering::Acquire);
+            if dropped > 0 {
+                let said = notice(&format!(
+                    "{dropped} log lines dropped: the plugin's stderr was not read fast \
+                     enough (more than {QUEUE_LINES} lines waiting)"
+                ));
+                write_fd(fd, said.as_bytes());
+            }
+            write_fd(fd, line.as_bytes());
+            queue = lock(&self.queue);
+            queue.writing = false;
+        }
+    }
+}
+
+/// A warning of the logger's own, as an hclog line.
+fn notice(message: &str) -> String {
+    format_line(
+        &Record::builder()
+            .level(Level::Warn)
+            .target("goplugin::logging")
+            .args(format_args!("{message}"))
+            .build(),
+        SystemTime::now(),
+    )
+}
+
+/// The logger `init` installs, for the life of the process.
+static LOGGER: OnceLock<HclogLogger> = OnceLock::new();
+
+struct Installed(&'static HclogLogger);
+
+impl Log for Installed {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= self.level
+        metadata.level() <= self.0.level
     }
 
     fn log(&self, record: &Record<'_>) {
-        if level_and_module(record).0 > self.level {
+        if level_and_module(record).0 > self.0.level {
             return;
         }
-        let line = format_line(record, SystemTime::now());
-        // One write per line, so lines of concurrent threads do not mix.
-        write_fd(STDERR_FD.load(Ordering::Acquire), line.as_bytes());
+        if record.module_path() == Some(GRPC_CORE_MODULE) && !self.0.grpc_line_allowed() {
+            return;
+        }
+        self.0.write(format_line(record, SystemTime::now()));
     }
 
-    fn flush(&self) {}
+    /// Waits (up to 2 s) until the queued lines are written.
+    fn flush(&self) {
+        let deadline = Instant::now() + FLUSH_PATIENCE;
+        let _ = wait_for(&self.0.queue, &self.0.drained, deadline, |queue| {
+            (queue.lines.is_empty() && !queue.writing || queue.writer != WriterThread::Running)
+                .then_some(())
+        });
+    }
 }
 
 /// `module_path` of the records grpcio makes from gRPC core's messages.

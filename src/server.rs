@@ -95,13 +95,16 @@ pub fn plugin_main<E: fmt::Display>(
     // Fails only when the binary set up another logger first: then that
     // one is used, at its level.
     let _ = crate::logging::init(log::LevelFilter::Trace);
-    match run(env) {
+    let code = match run(env) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             log::error!("{name} cannot serve: {err}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // Lines still queued for stderr are written before the process ends.
+    log::logger().flush();
+    code
 }
 
 /// Configures a [`PluginServer`]. Made by [`PluginServer::builder`].

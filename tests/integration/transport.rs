@@ -461,3 +461,89 @@ fn a_frame_over_the_window_is_a_protocol_error_not_an_allocation() {
         std::time::Duration::from_secs(2)
     ));
 }
+
+/// A host that stopped reading the plugin's stderr while garbage
+/// connections pour in (each failed TLS handshake makes gRPC's core log a
+/// line): the host's own calls still go through, because no log line ever
+/// waits on gRPC's threads.
+#[test]
+fn a_stalled_stderr_and_garbage_connections_hold_up_no_call() {
+    use goplugin::grpcio::CallOption;
+    use goplugin::proto::plugin::{Empty, GrpcControllerClient};
+    use std::io::{BufRead, BufReader, Write};
+    use std::time::{Duration, Instant};
+
+    let (host_cert, host_key) = self_signed();
+    let dir = tempdir();
+    let mut child = plugin_command(
+        Plugin::Rust,
+        &[
+            COOKIE,
+            ("PLUGIN_CLIENT_CERT", &host_cert),
+            ("KV_PLUGIN_NETWORK", "tcp"),
+        ],
+        dir.path(),
+    )
+    .stdout(std::process::Stdio::piped())
+    // Never read: a 64 KiB pipe buffer, then every write to it would wait.
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let _stalled = child.stderr.take();
+    let mut line = String::new();
+    // Kept open: a closed stdout tells the plugin its host is gone.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    let fields: Vec<&str> = line.trim_end().split('|').collect();
+    let address = fields[3].to_string();
+    let der = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(fields[5])
+        .unwrap();
+    let plugin_pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        base64::engine::general_purpose::STANDARD.encode(&der)
+    );
+
+    // 800 connections that send garbage instead of a TLS hello, from four
+    // threads, while the host works.
+    let garbage: Vec<_> = (0..4)
+        .map(|_| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                for _ in 0..200 {
+                    if let Ok(mut conn) = std::net::TcpStream::connect(&address) {
+                        let _ = conn.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 0x00, 0x42]);
+                        let _ = conn.write_all(&[b'x'; 512]);
+                    }
+                }
+            })
+        })
+        .collect();
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    let channel = ChannelBuilder::new(env)
+        .override_ssl_target("localhost")
+        .set_credentials(host_cert_creds(&plugin_pem, &host_cert, &host_key))
+        .connect(&address);
+    let kv = KvClient::new(channel.clone());
+    let started = Instant::now();
+    for i in 0..20 {
+        let put = PutRequest {
+            key: format!("k{i}"),
+            value: b"v".to_vec(),
+            ..Default::default()
+        };
+        kv.put_opt(&put, CallOption::default().timeout(Duration::from_secs(10)))
+            .unwrap_or_else(|err| panic!("put {i} after {:?}: {err}", started.elapsed()));
+    }
+    for thread in garbage {
+        thread.join().unwrap();
+    }
+    GrpcControllerClient::new(channel)
+        .shutdown_opt(
+            &Empty::new(),
+            CallOption::default().timeout(Duration::from_secs(10)),
+        )
+        .expect("Shutdown");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
