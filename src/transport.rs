@@ -42,6 +42,18 @@ pub(crate) const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 /// connection (its channel was dropped, or never used).
 const BRIDGE_IDLE: Duration = Duration::from_secs(10);
 
+/// gRPC's own limit on a received message, when the plugin sets none.
+const GRPC_DEFAULT_RECEIVE_LIMIT: usize = 4 * 1024 * 1024;
+
+/// What each of a plugin's gRPC servers may hold in memory, by default:
+/// eight messages at the receive limit, and at least 32 MiB.
+pub(crate) fn default_memory_quota(max_message_size: Option<usize>) -> usize {
+    max_message_size
+        .unwrap_or(GRPC_DEFAULT_RECEIVE_LIMIT)
+        .saturating_mul(8)
+        .max(32 * 1024 * 1024)
+}
+
 /// Calls a gRPC server has asked for ahead of their arrival. grpcio asks
 /// for 1024 by default, which costs a millisecond before the handshake and
 /// another when they are cancelled at shutdown; a go-plugin host has a few
@@ -71,6 +83,9 @@ pub(crate) struct Transport {
     tls: Option<Arc<AutoMtls>>,
     grpc_env: Arc<Environment>,
     max_message_size: Option<usize>,
+    /// Bytes each of the plugin's gRPC servers may hold: see
+    /// `PluginServerBuilder::memory_quota`.
+    memory_quota: usize,
     link: Link,
     /// Set by [`stop_bridges`](Transport::stop_bridges): brokered dials'
     /// bridges end.
@@ -116,6 +131,7 @@ impl Transport {
         prefer: Prefer,
         threads: usize,
         max_message_size: Option<usize>,
+        memory_quota: usize,
     ) -> Result<Transport> {
         // AutoMTLS only when the host asks: a host that did not ask for TLS
         // panics on a certificate in the handshake line.
@@ -148,6 +164,7 @@ impl Transport {
             tls,
             grpc_env,
             max_message_size,
+            memory_quota,
             link: Link::Direct,
             bridges_closed: Arc::new(AtomicBool::new(false)),
             sockets: Mutex::new(Vec::new()),
@@ -164,7 +181,14 @@ impl Transport {
     pub(crate) fn server(&self, services: Vec<grpcio::Service>) -> Result<grpcio::Server> {
         // gRPC sets SO_REUSEPORT by default: then a "successful" bind could
         // share a port with another process.
-        let mut args = ChannelBuilder::new(Arc::clone(&self.grpc_env)).reuse_port(false);
+        // gRPC's core opens a stream's flow-control window to the length a
+        // message declares, and checks the receive limit only once it has
+        // it all: a local client could make the plugin hold hundreds of MB.
+        // Over the quota, gRPC resets the streams that hold the most.
+        let quota = grpcio::ResourceQuota::new(Some("goplugin")).resize_memory(self.memory_quota);
+        let mut args = ChannelBuilder::new(Arc::clone(&self.grpc_env))
+            .reuse_port(false)
+            .set_resource_quota(quota);
         if let Some(bytes) = self.max_message_size {
             let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
             args = args

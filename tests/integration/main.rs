@@ -10,6 +10,7 @@ mod host_lifecycle;
 mod kv_store;
 mod library;
 mod matrix;
+mod oversize;
 mod plugin_cli;
 mod support;
 mod transport;

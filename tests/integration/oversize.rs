@@ -1,0 +1,71 @@
+//! A message far over the plugin's limit, from a local client that can
+//! reach the listener (TCP without AutoMTLS): refused without being held,
+//! memory stays bounded, the plugin and the host's calls go on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use goplugin::grpcio::{CallOption, ChannelBuilder, EnvBuilder, RpcStatusCode};
+use kv_plugin::proto::{kv::PutRequest, kv_grpc::KvClient};
+
+use crate::support::{COOKIE, Plugin, Running};
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn a_600_mb_message_is_refused_without_being_held() {
+    let running = Running::start(Plugin::Rust, &[COOKIE, ("KV_PLUGIN_NETWORK", "tcp")]);
+    let pid = running.pid();
+    let host = KvClient::new(running.channel());
+    let small = |key: &str| PutRequest {
+        key: key.into(),
+        value: vec![1; 1 << 20],
+        ..Default::default()
+    };
+    host.put(&small("before")).expect("put before");
+    let before = rss_kb(pid);
+
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    let stranger = KvClient::new(
+        ChannelBuilder::new(env)
+            .max_send_message_len(-1)
+            .connect(&running.target()),
+    );
+    let huge = PutRequest {
+        key: "huge".into(),
+        value: vec![7; 600 << 20],
+        ..Default::default()
+    };
+    match stranger.put_opt(
+        &huge,
+        CallOption::default().timeout(Duration::from_secs(60)),
+    ) {
+        Err(goplugin::grpcio::Error::RpcFailure(status)) => {
+            assert_eq!(
+                status.code(),
+                RpcStatusCode::RESOURCE_EXHAUSTED,
+                "{status:?}"
+            )
+        }
+        other => panic!("a 600 MB Put must be RESOURCE_EXHAUSTED, got {other:?}"),
+    }
+    drop(huge);
+    let after = rss_kb(pid);
+    eprintln!("plugin RSS: {before} kB before, {after} kB after a 600 MB Put");
+    // The default quota is 8 × (4 MiB + 64 KiB): what gRPC may hold, plus
+    // what the allocator keeps of it.
+    assert!(
+        after < before + 64 * 1024,
+        "{before} kB before, {after} kB after"
+    );
+    host.put(&small("after"))
+        .expect("the host's connection goes on");
+    let _ = running.shutdown();
+}
