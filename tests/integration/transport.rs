@@ -535,6 +535,10 @@ fn a_stalled_stderr_and_garbage_connections_hold_up_no_call() {
         kv.put_opt(&put, CallOption::default().timeout(Duration::from_secs(10)))
             .unwrap_or_else(|err| panic!("put {i} after {:?}: {err}", started.elapsed()));
     }
+    eprintln!(
+        "20 Puts beside 800 garbage connections and a stalled stderr: {:?}",
+        started.elapsed()
+    );
     for thread in garbage {
         thread.join().unwrap();
     }
