@@ -204,49 +204,6 @@ impl Broker {
         self.transport()?.dial_brokered(id, Arc::new(self.clone()))
     }
 
-    /// go-plugin's knock: tells the host that the next stream the plugin
-    /// opens is for `id`, and waits (5 s) for its go-ahead. A host that is
-    /// not listening on `id` yet says so in its acknowledgement; that is
-    /// retried within the 5 s, since hosts start serving and send the id
-    /// concurrently.
-    fn knock_for(&self, id: u32) -> std::result::Result<MutexGuard<'_, ()>, String> {
-        // Held by the caller until its stream is open: the host gives the
-        // next stream it accepts to the id it acknowledged last.
-        let one_at_a_time = lock(&self.inner.knocking);
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            lock(&self.inner.acks).remove(&id);
-            let info = ConnInfo {
-                service_id: id,
-                knock: Some(Knock {
-                    knock: true,
-                    ..Knock::default()
-                })
-                .into(),
-                ..ConnInfo::default()
-            };
-            self.announce(info).map_err(|err| err.to_string())?;
-            let error = wait_for(&self.inner.acks, &self.inner.acked, deadline, |acks| {
-                acks.remove(&id)
-            })
-            .ok_or_else(|| {
-                format!(
-                    "the host did not answer the knock for service id {id} within {} s",
-                    TIMEOUT.as_secs()
-                )
-            })?;
-            if error.is_empty() {
-                return Ok(one_at_a_time);
-            }
-            if Instant::now() + Duration::from_millis(50) >= deadline {
-                return Err(format!(
-                    "the host refused the knock for service id {id}: {error}"
-                ));
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Wires the broker to the built server's transport.
     pub(crate) fn attach(&self, transport: Arc<Transport>) {
         let _ = self.inner.transport.set(transport);
@@ -354,8 +311,47 @@ impl Rendezvous for Broker {
         }
     }
 
+    /// go-plugin's knock: tells the host that the next stream the plugin
+    /// opens is for `id`, and waits (5 s) for its go-ahead. A host that is
+    /// not listening on `id` yet says so in its acknowledgement; that is
+    /// retried within the 5 s, since hosts start serving and send the id
+    /// concurrently.
     fn knock(&self, id: u32) -> std::result::Result<MutexGuard<'_, ()>, String> {
-        self.knock_for(id)
+        // Held by the caller until its stream is open: the host gives the
+        // next stream it accepts to the id it acknowledged last.
+        let one_at_a_time = lock(&self.inner.knocking);
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            lock(&self.inner.acks).remove(&id);
+            let info = ConnInfo {
+                service_id: id,
+                knock: Some(Knock {
+                    knock: true,
+                    ..Knock::default()
+                })
+                .into(),
+                ..ConnInfo::default()
+            };
+            self.announce(info).map_err(|err| err.to_string())?;
+            let error = wait_for(&self.inner.acks, &self.inner.acked, deadline, |acks| {
+                acks.remove(&id)
+            })
+            .ok_or_else(|| {
+                format!(
+                    "the host did not answer the knock for service id {id} within {} s",
+                    TIMEOUT.as_secs()
+                )
+            })?;
+            if error.is_empty() {
+                return Ok(one_at_a_time);
+            }
+            if Instant::now() + Duration::from_millis(50) >= deadline {
+                return Err(format!(
+                    "the host refused the knock for service id {id}: {error}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

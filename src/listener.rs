@@ -77,24 +77,24 @@ pub(crate) trait Bind {
     fn bind_tcp(&mut self, addr: SocketAddrV4) -> Option<u16>;
 }
 
-/// A gRPC server with the credentials its listeners use (plain or TLS).
+/// A gRPC server and the AutoMTLS its listeners use (none: plain).
 pub(crate) struct GrpcBind<'a> {
     pub(crate) server: &'a mut grpcio::Server,
-    pub(crate) creds: &'a dyn Fn() -> grpcio::ServerCredentials,
+    pub(crate) tls: Option<&'a crate::tls::AutoMtls>,
 }
 
 impl Bind for GrpcBind<'_> {
     fn bind_unix(&mut self, path: &Path) -> std::result::Result<(), String> {
         let target = format!("unix:{}", path.display());
         self.server
-            .add_listening_port(target, (self.creds)())
+            .add_listening_port(target, crate::tls::listener_credentials(self.tls))
             .map(drop)
             .map_err(|e| e.to_string())
     }
 
     fn bind_tcp(&mut self, addr: SocketAddrV4) -> Option<u16> {
         self.server
-            .add_listening_port(addr.to_string(), (self.creds)())
+            .add_listening_port(addr.to_string(), crate::tls::listener_credentials(self.tls))
             .ok()
     }
 }

@@ -158,6 +158,16 @@ struct RateWindow {
     suppressed: u64,
 }
 
+impl RateWindow {
+    fn starting_now() -> RateWindow {
+        RateWindow {
+            started: Instant::now(),
+            written: 0,
+            suppressed: 0,
+        }
+    }
+}
+
 impl HclogLogger {
     fn new(level: LevelFilter) -> HclogLogger {
         HclogLogger {
@@ -165,11 +175,7 @@ impl HclogLogger {
             queue: Mutex::default(),
             queued: Condvar::new(),
             drained: Condvar::new(),
-            grpc_lines: Mutex::new(RateWindow {
-                started: Instant::now(),
-                written: 0,
-                suppressed: 0,
-            }),
+            grpc_lines: Mutex::new(RateWindow::starting_now()),
         }
     }
 
@@ -178,12 +184,7 @@ impl HclogLogger {
     fn grpc_line_allowed(&'static self) -> bool {
         let mut window = lock(&self.grpc_lines);
         if window.started.elapsed() >= Duration::from_secs(1) {
-            let suppressed = std::mem::take(&mut window.suppressed);
-            *window = RateWindow {
-                started: Instant::now(),
-                written: 0,
-                suppressed: 0,
-            };
+            let suppressed = std::mem::replace(&mut *window, RateWindow::starting_now()).suppressed;
             drop(window);
             if suppressed > 0 {
                 self.write(notice(&format!(

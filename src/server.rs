@@ -495,23 +495,21 @@ impl PluginServer {
             crate::sys::ignore_sigint();
         }
         // Unregistered when `serve` returns.
-        let _signals = match self.stop_on_signals {
-            true => Some(
-                signals::stop_on_signals(self.shutdown.clone()).map_err(|reason| {
-                    self.stop(Stop::Now);
-                    Error::OutOfResources {
-                        what: "threads",
-                        reason,
-                    }
-                })?,
-            ),
-            false => None,
+        let _signals = match self
+            .stop_on_signals
+            .then(|| signals::stop_on_signals(self.shutdown.clone()))
+            .transpose()
+        {
+            Ok(registered) => registered,
+            Err(reason) => {
+                let what = "threads";
+                return self.fail(None, Error::OutOfResources { what, reason });
+            }
         };
         self.server.start();
         let stop = self.shutdown.clone();
         if let Err(err) = self.transport.start(Box::new(move || stop.shutdown_now())) {
-            self.stop(Stop::Now);
-            return Err(err);
+            return self.fail(None, err);
         }
         // Captured before the handshake: the host may call at once, and
         // whatever a call prints must not reach the real stdout, which the
@@ -537,30 +535,19 @@ impl PluginServer {
             }
         };
         if let Err(err) = written {
-            if let Some(capture) = capture {
-                capture.finish();
-            }
-            self.stop(Stop::Now);
-            return Err(Error::Handshake(err));
+            return self.fail(capture, Error::Handshake(err));
         }
         // Threads only once the handshake is out.
-        if let Some(mut started) = capture.take() {
-            if let Err(err) = started.start_readers() {
-                started.finish();
-                self.stop(Stop::Now);
-                return Err(out_of_threads("read the plugin's stdout and stderr", &err));
-            }
-            capture = Some(started);
+        if let Some(Err(err)) = capture.as_mut().map(stdio::Capture::start_readers) {
+            let err = out_of_threads("read the plugin's stdout and stderr", &err);
+            return self.fail(capture, err);
         }
         if self.watch_host {
             let fds = capture.as_ref().map_or([1, 2], stdio::Capture::real_fds);
             if let Err(err) = watchdog::watch(fds, self.shutdown.clone()) {
                 // A plugin that cannot notice its host's death must not run.
-                if let Some(capture) = capture {
-                    capture.finish();
-                }
-                self.stop(Stop::Now);
-                return Err(out_of_threads("watch for the host's death", &err));
+                let err = out_of_threads("watch for the host's death", &err);
+                return self.fail(capture, err);
             }
         }
         #[cfg(feature = "abseil-cpufreq")]
@@ -571,6 +558,16 @@ impl PluginServer {
         }
         self.stop(how);
         Ok(())
+    }
+
+    /// Gives fds 1 and 2 back (when captured), stops the server at once
+    /// and returns `err`: `serve` could not go on.
+    fn fail(&mut self, capture: Option<stdio::Capture>, err: Error) -> Result<()> {
+        if let Some(capture) = capture {
+            capture.finish();
+        }
+        self.stop(Stop::Now);
+        Err(err)
     }
 
     /// Stops the server: no new calls; calls in progress get the grace

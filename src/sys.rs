@@ -117,15 +117,25 @@ pub(crate) fn group_id(name: &CStr) -> Option<libc::gid_t> {
 /// default in child processes at `exec`.
 pub(crate) fn ignore_sigint() {
     extern "C" fn on_sigint(_: libc::c_int) {}
-    // SAFETY: `sigaction` gets a zeroed, then fully initialised, struct and
-    // a handler that touches nothing, so it is async-signal-safe.
-    unsafe {
+    let _ = set_handler(libc::SIGINT, on_sigint);
+}
+
+/// Catches `signal` with `handler` (`SA_RESTART`, no signal masked). The
+/// handler must do only async-signal-safe work.
+fn set_handler(signal: libc::c_int, handler: extern "C" fn(libc::c_int)) -> io::Result<()> {
+    // SAFETY: a zeroed, then fully initialised, struct; the handler's
+    // async-signal safety is the caller's promise.
+    let installed = unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_sigaction = handler as libc::sighandler_t;
         action.sa_flags = libc::SA_RESTART;
         libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
+        libc::sigaction(signal, &action, std::ptr::null_mut())
+    };
+    if installed != 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
 }
 
 /// abseil's CPU-frequency measurement, now (`abseil-cpufreq` feature,
@@ -148,20 +158,6 @@ pub(crate) fn raise_with_default_action(signal: libc::c_int) {
     unsafe {
         libc::signal(signal, libc::SIG_DFL);
         libc::raise(signal);
-    }
-}
-
-#[cfg(all(test, feature = "abseil-cpufreq"))]
-mod tests {
-    /// The abseil that grpcio-sys builds is the one the shim names: with
-    /// another, the feature would silently do nothing.
-    #[test]
-    fn abseils_frequency_measurement_is_found() {
-        assert!(
-            super::measure_cpu_frequency(),
-            "abseil's NominalCPUFrequency is not linked: grpcio-sys builds another \
-             abseil than csrc/absl_cpufreq.c names"
-        );
     }
 }
 
@@ -188,20 +184,20 @@ pub(crate) fn catch_stop_signals(pipe: RawFd) -> io::Result<()> {
         }
     }
     STOP_SIGNAL_PIPE.store(pipe, std::sync::atomic::Ordering::Relaxed);
-    for signal in [libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: a zeroed, then fully initialised, struct and a handler
-        // that only does async-signal-safe work.
-        let installed = unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction =
-                on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut())
-        };
-        if installed != 0 {
-            return Err(io::Error::last_os_error());
-        }
+    set_handler(libc::SIGTERM, on_stop_signal)?;
+    set_handler(libc::SIGHUP, on_stop_signal)
+}
+
+#[cfg(all(test, feature = "abseil-cpufreq"))]
+mod tests {
+    /// The abseil that grpcio-sys builds is the one the shim names: with
+    /// another, the feature would silently do nothing.
+    #[test]
+    fn abseils_frequency_measurement_is_found() {
+        assert!(
+            super::measure_cpu_frequency(),
+            "abseil's NominalCPUFrequency is not linked: grpcio-sys builds another \
+             abseil than csrc/absl_cpufreq.c names"
+        );
     }
-    Ok(())
 }

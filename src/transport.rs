@@ -32,7 +32,7 @@ use crate::listener::{self, GrpcBind, Listener, Prefer, RawBind, RawListener, So
 use crate::locks::{block_on_until, lock};
 use crate::mux::Muxer;
 use crate::sys;
-use crate::tls::{self, AutoMtls};
+use crate::tls::AutoMtls;
 
 /// How long a brokered dial waits for the host (its announcement, or the
 /// acknowledgement of a knock): go-plugin's 5 s.
@@ -179,14 +179,14 @@ impl Transport {
     /// A gRPC server with `services`, configured as all of the plugin's
     /// are: no `SO_REUSEPORT`, the message limit, the request slots.
     pub(crate) fn server(&self, services: Vec<grpcio::Service>) -> Result<grpcio::Server> {
-        // gRPC sets SO_REUSEPORT by default: then a "successful" bind could
-        // share a port with another process.
         // gRPC's core opens a stream's flow-control window to the length a
         // message declares, and checks the receive limit only once it has
         // it all: a local client could make the plugin hold hundreds of MB.
         // Over the quota, gRPC resets the streams that hold the most.
         let quota = grpcio::ResourceQuota::new(Some("goplugin")).resize_memory(self.memory_quota);
         let mut args = ChannelBuilder::new(Arc::clone(&self.grpc_env))
+            // gRPC sets SO_REUSEPORT by default: then a "successful" bind
+            // could share a port with another process.
             .reuse_port(false)
             .set_resource_quota(quota);
         if let Some(bytes) = self.max_message_size {
@@ -209,10 +209,9 @@ impl Transport {
     /// address for the handshake line. Called once, before
     /// [`start`](Self::start).
     pub(crate) fn bind_main(&mut self, server: &mut grpcio::Server) -> Result<Listener> {
-        let credentials = || tls::listener_credentials(self.tls.as_deref());
         let mut binder = GrpcBind {
             server,
-            creds: &credentials,
+            tls: self.tls.as_deref(),
         };
         if self.env.multiplex_grpc() != Some(true) {
             let (listener, socket) = listener::bind(&mut binder, self.prefer, &self.env)?;
@@ -255,10 +254,9 @@ impl Transport {
         &self,
         server: &mut grpcio::Server,
     ) -> Result<(Listener, Option<SocketFile>)> {
-        let credentials = || tls::listener_credentials(self.tls.as_deref());
         let mut binder = GrpcBind {
             server,
-            creds: &credentials,
+            tls: self.tls.as_deref(),
         };
         let (listener, socket) = match &self.link {
             Link::Direct => listener::bind(&mut binder, self.prefer, &self.env)?,

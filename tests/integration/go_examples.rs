@@ -3,6 +3,7 @@
 //! release, built by `make hosts` from the Go module proxy), run as their
 //! README says, next to go-plugin's own Go plugins for the same examples.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -12,24 +13,43 @@ use crate::support::{Output, example_bin, go_binary, gone_within, run, tempdir};
 
 /// go-plugin's KV example host with `KV_PLUGIN=plugin`, in `dir`.
 fn kv_host(plugin: &Path, dir: &Path, tmp: &Path, args: &[&str]) -> Output {
-    let mut command = Command::new(go_binary("examples/grpc/grpc"));
-    command
-        .args(args)
-        .current_dir(dir)
-        .env("KV_PROTO", "grpc")
-        .env("KV_PLUGIN", plugin)
-        .env("TMPDIR", tmp)
-        .env_remove("BASIC_PLUGIN");
-    run(command)
+    example_host(
+        "examples/grpc/grpc",
+        &[
+            ("KV_PROTO", "grpc".as_ref()),
+            ("KV_PLUGIN", plugin.as_os_str()),
+        ],
+        dir,
+        tmp,
+        args,
+    )
 }
 
 /// go-plugin's bidirectional example host with `COUNTER_PLUGIN=plugin`.
 fn counter_host(plugin: &Path, dir: &Path, tmp: &Path, args: &[&str]) -> Output {
-    let mut command = Command::new(go_binary("examples/bidirectional/bidirectional"));
+    example_host(
+        "examples/bidirectional/bidirectional",
+        &[("COUNTER_PLUGIN", plugin.as_os_str())],
+        dir,
+        tmp,
+        args,
+    )
+}
+
+/// One of go-plugin's example hosts, run with `vars`, in `dir`, with its
+/// plugins' sockets in `tmp`.
+fn example_host(
+    host: &str,
+    vars: &[(&str, &OsStr)],
+    dir: &Path,
+    tmp: &Path,
+    args: &[&str],
+) -> Output {
+    let mut command = Command::new(go_binary(host));
     command
         .args(args)
         .current_dir(dir)
-        .env("COUNTER_PLUGIN", plugin)
+        .envs(vars.iter().copied())
         .env("TMPDIR", tmp)
         .env_remove("BASIC_PLUGIN");
     run(command)
