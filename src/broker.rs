@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::listener::{Listener, SocketFile};
 use crate::locks::{lock, wait_for};
 use crate::proto::plugin::conn_info::Knock;
-use crate::proto::plugin::{ConnInfo, GrpcBroker, create_grpc_broker};
+use crate::proto::plugin::{ConnInfo, GrpcBroker, GrpcBrokerClient, create_grpc_broker};
 use crate::transport::{self, BROKER_TIMEOUT as TIMEOUT, Rendezvous, Transport};
 
 /// A handle on the plugin's broker. Cheap to clone; get it from
@@ -371,34 +371,69 @@ impl GrpcBroker for BrokerService {
         &mut self,
         ctx: RpcContext<'_>,
         stream: RequestStream<ConnInfo>,
-        mut sink: DuplexSink<ConnInfo>,
+        sink: DuplexSink<ConnInfo>,
     ) {
+        let Some(receiver) = self.broker.open_stream() else {
+            return;
+        };
+        ctx.spawn(self.broker.clone().receive_all(stream));
+        ctx.spawn(send_all(receiver, sink));
+    }
+}
+
+impl Broker {
+    /// The other side opened the broker stream: our announcements go there
+    /// from now on (queued ones first). `None` once shut down.
+    fn open_stream(&self) -> Option<mpsc::UnboundedReceiver<ConnInfo>> {
         let (sender, receiver) = mpsc::unbounded();
-        {
-            let mut outgoing = lock(&self.broker.inner.outgoing);
-            if outgoing.closed {
-                return;
-            }
-            for info in outgoing.queued.drain(..) {
-                let _ = sender.unbounded_send(info);
-            }
-            outgoing.stream = Some(sender);
+        let mut outgoing = lock(&self.inner.outgoing);
+        if outgoing.closed {
+            return None;
         }
-        let broker = self.broker.clone();
-        ctx.spawn(async move {
-            let _ = stream
-                .try_for_each(|info| {
-                    broker.receive(info);
-                    futures::future::ok(())
-                })
-                .await;
-        });
-        ctx.spawn(async move {
-            let mut announcements = receiver.map(|info| Ok((info, WriteFlags::default())));
-            if sink.send_all(&mut announcements).await.is_ok() {
-                let _ = sink.close().await;
-            }
-        });
+        for info in outgoing.queued.drain(..) {
+            let _ = sender.unbounded_send(info);
+        }
+        outgoing.stream = Some(sender);
+        Some(receiver)
+    }
+
+    /// Takes in what the other side announces until its stream ends.
+    async fn receive_all<S>(self, stream: S)
+    where
+        S: futures::Stream<Item = grpcio::Result<ConnInfo>>,
+    {
+        let _ = stream
+            .try_for_each(|info| {
+                self.receive(info);
+                futures::future::ok(())
+            })
+            .await;
+    }
+
+    /// The host's side: opens the broker stream to the plugin (go-plugin's
+    /// host does so right after connecting), on `client`'s gRPC threads. A
+    /// plugin without a broker service ends it at once; then brokered
+    /// dials time out, as in go-plugin.
+    pub(crate) fn open_to_plugin(&self, client: &GrpcBrokerClient) -> Result<()> {
+        let (sink, stream) = client.start_stream()?;
+        let Some(receiver) = self.open_stream() else {
+            return Err(shutting_down());
+        };
+        client.spawn(self.clone().receive_all(stream));
+        client.spawn(send_all(receiver, sink));
+        Ok(())
+    }
+}
+
+/// Sends our announcements on the broker stream until the broker shuts
+/// down, then closes our half.
+async fn send_all<S>(receiver: mpsc::UnboundedReceiver<ConnInfo>, mut sink: S)
+where
+    S: futures::Sink<(ConnInfo, WriteFlags), Error = grpcio::Error> + Unpin,
+{
+    let mut announcements = receiver.map(|info| Ok((info, WriteFlags::default())));
+    if sink.send_all(&mut announcements).await.is_ok() {
+        let _ = sink.close().await;
     }
 }
 

@@ -2,7 +2,8 @@
 
 use std::io;
 
-/// Everything that can stop a plugin from starting or serving.
+/// Everything that can stop a plugin from starting or serving, or a host
+/// from starting or using a plugin.
 ///
 /// Messages name the environment variable and the value at fault, so the
 /// person reading them knows what to change. The wrapped [`grpcio::Error`]
@@ -94,6 +95,21 @@ pub enum Error {
     )]
     LoggerAlreadySet,
 
+    /// The host side ([`Client`](crate::Client)): a plugin could not be
+    /// started, reached or used. Says which plugin, at which step, and what
+    /// it last printed on stderr.
+    #[error("plugin {plugin}: {step}: {reason}{}", printed_tail(.printed))]
+    Client {
+        /// The plugin's name (its command's file name) or address.
+        plugin: String,
+        /// What the host was doing: "start", "handshake", "connect", …
+        step: &'static str,
+        /// What went wrong, in go-plugin's words where it has some.
+        reason: String,
+        /// The last lines the plugin wrote on stderr, if any.
+        printed: String,
+    },
+
     /// gRPC failed to build or start the server.
     #[error("gRPC server error: {0}")]
     Grpc(grpcio::Error),
@@ -101,6 +117,14 @@ pub enum Error {
     /// Writing the handshake line failed (for example, stdout is closed).
     #[error("cannot write the handshake line: {0}")]
     Handshake(io::Error),
+}
+
+fn printed_tail(printed: &str) -> String {
+    if printed.is_empty() {
+        String::new()
+    } else {
+        format!("\n--- the plugin's last stderr lines:\n{printed}")
+    }
 }
 
 // The wrapped errors are written into the messages above, so they are not

@@ -118,6 +118,128 @@ impl fmt::Display for HandshakeLine {
     }
 }
 
+/// Why a host refuses a plugin's handshake line
+/// ([`HandshakeLine::parse`]). The message is go-plugin's own wording where
+/// go-plugin has one, followed by what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseHandshakeError(String);
+
+impl fmt::Display for ParseHandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ParseHandshakeError {}
+
+impl HandshakeLine {
+    /// Parses the first line a plugin printed, as a go-plugin host does
+    /// (`client.go` `Start`): white space around the line is trimmed, the
+    /// fields are split on every `|`, field 6 is a certificate only when
+    /// longer than 50 characters, and field 7 is `true` or not. The app
+    /// protocol version is not checked here: that takes the host's
+    /// versions.
+    ///
+    /// ```
+    /// use goplugin::{HandshakeLine, Network};
+    ///
+    /// let line = HandshakeLine::parse("1|1|unix|/tmp/plugin42|grpc|\n")?;
+    /// assert_eq!(line.network, Network::Unix);
+    /// assert_eq!(line.address, "/tmp/plugin42");
+    /// assert_eq!(line.server_cert, None);
+    /// assert!(HandshakeLine::parse("listening on port 1234").is_err());
+    /// # Ok::<(), goplugin::handshake::ParseHandshakeError>(())
+    /// ```
+    pub fn parse(line: &str) -> Result<HandshakeLine, ParseHandshakeError> {
+        let line = line.trim();
+        let fail = |message: String| Err(ParseHandshakeError(message));
+        let fields: Vec<&str> = line.split('|').collect();
+        if fields.len() < 4 {
+            return fail(format!(
+                "Unrecognized remote plugin message: {line}\nThis usually means that the \
+                 plugin is not a go-plugin plugin for this host, or that it printed \
+                 something on stdout before its handshake line (logs belong on stderr)"
+            ));
+        }
+        match fields[0].parse::<u32>() {
+            Ok(CORE_PROTOCOL_VERSION) => {}
+            Ok(other) => {
+                return fail(format!(
+                    "incompatible core API version with plugin. Plugin version: {other}, \
+                     Core version: {CORE_PROTOCOL_VERSION}\nTo fix this, the plugin usually \
+                     only needs to be recompiled with a current go-plugin library"
+                ));
+            }
+            Err(err) => {
+                return fail(format!(
+                    "error parsing core protocol version {:?}: {err}",
+                    fields[0]
+                ));
+            }
+        }
+        let app_protocol_version = match fields[1].parse::<u32>() {
+            Ok(version) => version,
+            Err(err) => {
+                return fail(format!(
+                    "error parsing protocol version {:?}: {err}",
+                    fields[1]
+                ));
+            }
+        };
+        let network = match fields[2] {
+            "unix" => Network::Unix,
+            "tcp" => Network::Tcp,
+            other => {
+                return fail(format!(
+                    "unknown address type: {other:?} (for address {:?}); a plugin listens on \
+                     \"unix\" or \"tcp\"",
+                    fields[3]
+                ));
+            }
+        };
+        let address = fields[3].to_string();
+        if address.is_empty() {
+            return fail("the plugin advertised an empty address".to_string());
+        }
+        // go-plugin: no fifth field means net/rpc.
+        match fields.get(4).copied().unwrap_or("netrpc") {
+            "grpc" => {}
+            "netrpc" => {
+                return fail(
+                    "unsupported plugin protocol \"netrpc\". Supported: [grpc]: the plugin \
+                     serves go-plugin's net/rpc protocol, and goplugin's host speaks gRPC only"
+                        .to_string(),
+                );
+            }
+            other => {
+                return fail(format!(
+                    "unsupported plugin protocol {other:?}. Supported: [grpc]"
+                ));
+            }
+        }
+        let server_cert = match fields.get(5) {
+            Some(cert) if cert.len() > 50 => {
+                use base64::Engine as _;
+                if let Err(err) = base64::engine::general_purpose::STANDARD_NO_PAD.decode(cert) {
+                    return fail(format!(
+                        "error parsing server cert: {err} (field 6 must be the certificate's \
+                         DER in standard base64 without padding)"
+                    ));
+                }
+                Some((*cert).to_string())
+            }
+            _ => None,
+        };
+        Ok(HandshakeLine {
+            app_protocol_version,
+            network,
+            address,
+            server_cert,
+            multiplex: fields.get(6).map(|field| *field == "true"),
+        })
+    }
+}
+
 /// The app protocol versions a host offered in `PLUGIN_PROTOCOL_VERSIONS`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostVersions {
@@ -216,6 +338,95 @@ mod tests {
         ];
         for (line, want) in cases {
             assert_eq!(line.to_string(), *want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn lines_parse_as_a_go_plugin_host_reads_them() {
+        let cert = "A".repeat(64);
+        for (text, want) in [
+            (
+                "1|1|unix|/tmp/plugin1|grpc|",
+                line(Network::Unix, "/tmp/plugin1"),
+            ),
+            (
+                "1|1|tcp|127.0.0.1:1234|grpc\r\n",
+                line(Network::Tcp, "127.0.0.1:1234"),
+            ),
+            (
+                "  1|1|tcp|127.0.0.1:1|grpc|short  ",
+                line(Network::Tcp, "127.0.0.1:1"),
+            ),
+            (
+                &*format!("1|3|unix|/s|grpc|{cert}"),
+                HandshakeLine {
+                    app_protocol_version: 3,
+                    server_cert: Some(cert.clone()),
+                    ..line(Network::Unix, "/s")
+                },
+            ),
+            (
+                "1|1|unix|/s|grpc||false",
+                HandshakeLine {
+                    multiplex: Some(false),
+                    ..line(Network::Unix, "/s")
+                },
+            ),
+        ] {
+            assert_eq!(HandshakeLine::parse(text), Ok(want), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn bad_lines_say_what_is_wrong() {
+        for (text, says) in [
+            ("", "Unrecognized remote plugin message"),
+            (
+                "Starting plugin on :1234",
+                "Unrecognized remote plugin message",
+            ),
+            ("2|1|unix|/s|grpc", "incompatible core API version"),
+            ("x|1|unix|/s|grpc", "error parsing core protocol version"),
+            ("1|one|unix|/s|grpc", "error parsing protocol version"),
+            ("1|1|udp|/s|grpc", "unknown address type"),
+            ("1|1|unix||grpc", "empty address"),
+            ("1|1|unix|/s", "gRPC only"),
+            ("1|1|unix|/s|netrpc", "gRPC only"),
+            ("1|1|unix|/s|", "unsupported plugin protocol \"\""),
+            (
+                &*format!("1|1|unix|/s|grpc|{}==", "A".repeat(60)),
+                "error parsing server cert",
+            ),
+        ] {
+            let err = HandshakeLine::parse(text).expect_err(text).to_string();
+            assert!(err.contains(says), "{text:?}: {err}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn printed_lines_parse_back(
+            version in proptest::prelude::any::<u32>(),
+            tcp in proptest::prelude::any::<bool>(),
+            address in "[a-zA-Z0-9/._:-]{1,40}",
+            cert in proptest::option::of(proptest::collection::vec(proptest::prelude::any::<u8>(), 40..80)),
+            multiplex in proptest::option::of(proptest::prelude::any::<bool>()),
+        ) {
+            use base64::Engine as _;
+            let cert = cert.map(|der| base64::engine::general_purpose::STANDARD_NO_PAD.encode(der));
+            let printed = HandshakeLine {
+                app_protocol_version: version,
+                network: if tcp { Network::Tcp } else { Network::Unix },
+                address,
+                server_cert: cert,
+                multiplex,
+            };
+            proptest::prop_assert_eq!(HandshakeLine::parse(&printed.to_string()), Ok(printed));
+        }
+
+        #[test]
+        fn any_line_parses_or_fails_without_panicking(text in "\\PC*") {
+            let _ = HandshakeLine::parse(&text);
         }
     }
 

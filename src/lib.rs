@@ -147,6 +147,7 @@
 
 mod blocking;
 mod broker;
+mod client;
 mod controller;
 pub mod env;
 mod error;
@@ -154,9 +155,11 @@ pub mod handshake;
 mod health;
 mod listener;
 mod locks;
+mod log_entry;
 pub mod logging;
 mod mux;
 pub mod proto;
+mod runner;
 mod server;
 mod shutdown;
 mod signals;
@@ -171,6 +174,7 @@ mod yamux;
 
 pub use blocking::{BlockingPool, answer};
 pub use broker::Broker;
+pub use client::{Client, ClientBuilder, ReattachConfig, SecureConfig};
 pub use env::PluginEnv;
 pub use error::{Error, Result};
 pub use grpcio;

@@ -188,6 +188,85 @@ pub(crate) fn catch_stop_signals(pipe: RawFd) -> io::Result<()> {
     set_handler(libc::SIGHUP, on_stop_signal)
 }
 
+/// Has a plugin command, in the child between `fork` and `exec`: lead a
+/// process group of its own (so that a kill reaches what it starts, such as
+/// the plugin behind `sh -c`), and get SIGKILL when the thread that forked
+/// it ends (`PR_SET_PDEATHSIG`), which the host's launcher thread does only
+/// when the host process dies. A host that died before the child got there
+/// is noticed at once.
+pub(crate) fn die_with_host(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let host = std::process::id();
+    let child_setup = move || {
+        // SAFETY (of what runs here): setpgid, prctl, getppid and _exit are
+        // async-signal-safe, take no locks and allocate nothing.
+        unsafe {
+            if libc::setpgid(0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if u32::try_from(libc::getppid()).ok() != Some(host) {
+                libc::_exit(1);
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only makes async-signal-safe calls (above), as
+    // `pre_exec` requires of what runs in the forked child.
+    unsafe { command.pre_exec(child_setup) };
+}
+
+/// Waits until the child `pid` has exited, without reaping it: its pid
+/// (and process group) stays taken until the caller reaps it.
+pub(crate) fn wait_exited(pid: u32) -> io::Result<()> {
+    let pid = libc::id_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    loop {
+        // SAFETY: `info` is a zeroed siginfo_t that waitid fills in.
+        let done = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT)
+        };
+        if done == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Sends `signal` to the process group `pgid` (`kill(-pgid, signal)`).
+/// The caller keeps the group's leader unreaped, so the id is still its.
+pub(crate) fn signal_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pgid = libc::pid_t::try_from(pgid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // SAFETY: kill(2) takes no memory.
+    if unsafe { libc::kill(-pgid, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sends `signal` (0: none, a check) to the process `pid`, which the caller
+/// does not own (a plugin the host reattached to).
+pub(crate) fn signal_process(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|pid| *pid > 0)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // SAFETY: kill(2) takes no memory.
+    if unsafe { libc::kill(pid, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(all(test, feature = "abseil-cpufreq"))]
 mod tests {
     /// The abseil that grpcio-sys builds is the one the shim names: with

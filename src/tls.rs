@@ -15,6 +15,8 @@
 //! OpenSSL that grpcio is built against here (grpcio's bundled BoringSSL
 //! refuses its SHA-512 signature under TLS 1.3).
 
+use std::fmt;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use grpcio::{
@@ -29,16 +31,20 @@ use rcgen::{
 use crate::env::PLUGIN_CLIENT_CERT;
 use crate::error::{Error, Result};
 
-/// The plugin's side of AutoMTLS: its certificate and the host's.
+/// One side of mutual TLS: its own certificate and key, and the one
+/// certificate it trusts for the other side. The plugin's AutoMTLS (the
+/// host's certificate trusted), the host's (the plugin's), or a host's
+/// explicit configuration.
+#[derive(Clone)]
 pub(crate) struct AutoMtls {
-    host_cert_pem: Vec<u8>,
+    peer_cert_pem: Vec<u8>,
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
     handshake_field: String,
 }
 
-impl std::fmt::Debug for AutoMtls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for AutoMtls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print the private key.
         f.debug_struct("AutoMtls")
             .field("handshake_field", &self.handshake_field)
@@ -54,7 +60,7 @@ impl AutoMtls {
             reason: format!("cannot generate the plugin's certificate: {e}"),
         })?;
         Ok(AutoMtls {
-            host_cert_pem: host_cert_pem.as_bytes().to_vec(),
+            peer_cert_pem: host_cert_pem.as_bytes().to_vec(),
             cert_pem: cert_pem.into_bytes(),
             key_pem: key_pem.into_bytes(),
             handshake_field: STANDARD_NO_PAD.encode(cert_der),
@@ -71,12 +77,86 @@ impl AutoMtls {
     pub(crate) fn server_credentials(&self) -> ServerCredentials {
         ServerCredentialsBuilder::new()
             .root_cert(
-                self.host_cert_pem.clone(),
+                self.peer_cert_pem.clone(),
                 CertificateRequestType::RequestAndRequireClientCertificateAndVerify,
             )
             .add_cert(self.cert_pem.clone(), self.key_pem.clone())
             .build()
     }
+}
+
+impl AutoMtls {
+    /// An explicit configuration: `cert_pem`/`key_pem` presented, only
+    /// certificates `trusted_pem` verifies accepted, both ways.
+    pub(crate) fn explicit(trusted_pem: Vec<u8>, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> AutoMtls {
+        AutoMtls {
+            peer_cert_pem: trusted_pem,
+            cert_pem,
+            key_pem,
+            handshake_field: String::new(),
+        }
+    }
+}
+
+/// The host's side of AutoMTLS, before the plugin answers: a fresh
+/// certificate for one launch, passed to the plugin in
+/// `PLUGIN_CLIENT_CERT`.
+pub(crate) struct HostCertificate {
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl fmt::Debug for HostCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostCertificate").finish_non_exhaustive()
+    }
+}
+
+impl HostCertificate {
+    /// A certificate like go-plugin's host makes for each launch (P-256
+    /// here, where Go uses P-521: gRPC's core signs with P-256 keys).
+    pub(crate) fn generate() -> Result<HostCertificate> {
+        let (cert_pem, key_pem, _) = generate_certificate().map_err(|e| Error::Tls {
+            reason: format!("cannot generate the host's certificate: {e}"),
+        })?;
+        Ok(HostCertificate { cert_pem, key_pem })
+    }
+
+    /// The value of `PLUGIN_CLIENT_CERT`.
+    pub(crate) fn pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Mutual TLS with the plugin whose certificate is `field`, field 6 of
+    /// its handshake line (base64 DER, no padding).
+    pub(crate) fn trust(self, field: &str) -> Result<AutoMtls> {
+        let der = STANDARD_NO_PAD.decode(field).map_err(|e| Error::Tls {
+            reason: format!("error parsing server cert: {e}"),
+        })?;
+        if let Err(err) = x509_parser::parse_x509_certificate(&der) {
+            return Err(Error::Tls {
+                reason: format!("the plugin's certificate (handshake field 6) is not X.509: {err}"),
+            });
+        }
+        Ok(AutoMtls {
+            peer_cert_pem: der_to_pem(&der).into_bytes(),
+            cert_pem: self.cert_pem.into_bytes(),
+            key_pem: self.key_pem.into_bytes(),
+            handshake_field: String::new(),
+        })
+    }
+}
+
+/// A DER certificate as a PEM `CERTIFICATE` block, 64 characters a line.
+fn der_to_pem(der: &[u8]) -> String {
+    let body = STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in body.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(chunk));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
 }
 
 /// Credentials for a listener: AutoMTLS when the host asked for it, plain
@@ -89,11 +169,12 @@ pub(crate) fn listener_credentials(tls: Option<&AutoMtls>) -> ServerCredentials 
 }
 
 impl AutoMtls {
-    /// Client credentials for dialing the host's brokered servers: the
-    /// plugin's certificate as client certificate, the host's trusted.
+    /// Client credentials for dialing the other side (the plugin dials the
+    /// host's brokered servers, the host the plugin): our certificate as
+    /// client certificate, the other side's trusted.
     pub(crate) fn channel_credentials(&self) -> ChannelCredentials {
         ChannelCredentialsBuilder::new()
-            .root_cert(self.host_cert_pem.clone())
+            .root_cert(self.peer_cert_pem.clone())
             .cert(self.cert_pem.clone(), self.key_pem.clone())
             .build()
     }
@@ -209,6 +290,11 @@ mod tests {
     fn own_certificate_and_handshake_field() {
         let (cert_pem, _, der) = generate_certificate().unwrap();
         check_certificate_pem(&cert_pem).expect("our own certificate is well-formed");
+        assert_eq!(
+            der_to_pem(&der),
+            cert_pem,
+            "rcgen writes PEM as go-plugin's host does"
+        );
         let field = STANDARD_NO_PAD.encode(&der);
         assert!(!field.contains('=') && !field.contains('\n'));
         assert!(

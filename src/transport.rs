@@ -158,7 +158,45 @@ impl Transport {
                  limits the plugin's threads (ulimit -u, cgroup pids.max)"
             ),
         })?;
-        Ok(Transport {
+        Ok(Transport::with(
+            env,
+            prefer,
+            tls,
+            grpc_env,
+            max_message_size,
+            memory_quota,
+        ))
+    }
+
+    /// A host's transport, for the servers it serves to a plugin through
+    /// the broker and its dials of the plugin's: `env` holds where its
+    /// unix sockets go (`PLUGIN_UNIX_SOCKET_DIR`/`_GROUP`, `TMPDIR`), `tls`
+    /// the AutoMTLS pair (the host's certificate, the plugin's trusted).
+    /// Never multiplexed.
+    pub(crate) fn for_host(
+        env: PluginEnv,
+        tls: Option<Arc<AutoMtls>>,
+        grpc_env: Arc<Environment>,
+    ) -> Transport {
+        Transport::with(
+            env,
+            Prefer::Unix,
+            tls,
+            grpc_env,
+            None,
+            default_memory_quota(None),
+        )
+    }
+
+    fn with(
+        env: PluginEnv,
+        prefer: Prefer,
+        tls: Option<Arc<AutoMtls>>,
+        grpc_env: Arc<Environment>,
+        max_message_size: Option<usize>,
+        memory_quota: usize,
+    ) -> Transport {
+        Transport {
             env,
             prefer,
             tls,
@@ -168,7 +206,7 @@ impl Transport {
             link: Link::Direct,
             bridges_closed: Arc::new(AtomicBool::new(false)),
             sockets: Mutex::new(Vec::new()),
-        })
+        }
     }
 
     /// The plugin's certificate, when the host runs AutoMTLS.
@@ -352,8 +390,8 @@ impl Transport {
         }
     }
 
-    /// A channel to `target` with the plugin's TLS.
-    fn channel(&self, target: &str) -> grpcio::Channel {
+    /// A channel to `target` with this side's TLS.
+    pub(crate) fn channel(&self, target: &str) -> grpcio::Channel {
         let builder = ChannelBuilder::new(Arc::clone(&self.grpc_env));
         match &self.tls {
             Some(tls) => builder

@@ -11,3 +11,6 @@ pub mod proto {
     goplugin::include_proto!("counter");
     goplugin::include_proto!("lender");
 }
+
+/// go-plugin's bidirectional example handshake: the KV example's.
+pub use kv_plugin::HANDSHAKE;

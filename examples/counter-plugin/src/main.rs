@@ -28,6 +28,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use counter_plugin::HANDSHAKE;
 use counter_plugin::proto::counter::{
     Empty, GetRequest, GetResponse, PutRequest, SumRequest, SumResponse,
 };
@@ -38,15 +39,8 @@ use counter_plugin::proto::lender::LendResponse;
 use counter_plugin::proto::lender_grpc::{HelperLender, create_helper_lender};
 use goplugin::grpcio::{CallOption, RpcContext, RpcStatus, RpcStatusCode, UnarySink};
 use goplugin::protobuf::well_known_types::empty::Empty as WellKnownEmpty;
-use goplugin::{BlockingPool, Broker, HandshakeConfig, PluginEnv, PluginServer};
+use goplugin::{BlockingPool, Broker, PluginEnv, PluginServer};
 use kv_plugin::store::{Durability, Store};
-
-/// go-plugin's bidirectional example handshake (the same as the KV example's).
-const HANDSHAKE: HandshakeConfig = HandshakeConfig {
-    protocol_version: 1,
-    magic_cookie_key: "BASIC_PLUGIN",
-    magic_cookie_value: "hello",
-};
 
 /// Concurrent `Put`s and `Lend`s; more callers queue.
 const WORKERS: usize = 16;

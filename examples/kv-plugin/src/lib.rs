@@ -10,3 +10,11 @@ pub mod proto {
 }
 
 pub mod store;
+
+/// go-plugin's KV example handshake (`shared.Handshake`): what the plugin
+/// serves and the host expects.
+pub const HANDSHAKE: goplugin::HandshakeConfig = goplugin::HandshakeConfig {
+    protocol_version: 1,
+    magic_cookie_key: "BASIC_PLUGIN",
+    magic_cookie_value: "hello",
+};

@@ -21,17 +21,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use goplugin::grpcio::{RpcContext, UnarySink};
-use goplugin::{BlockingPool, HandshakeConfig, PluginEnv, PluginServer};
+use goplugin::{BlockingPool, PluginEnv, PluginServer};
+use kv_plugin::HANDSHAKE;
 use kv_plugin::proto::kv::{Empty, GetRequest, GetResponse, PutRequest};
 use kv_plugin::proto::kv_grpc::{Kv, create_kv};
 use kv_plugin::store::{self, Durability, Store};
-
-/// go-plugin's KV example handshake.
-const HANDSHAKE: HandshakeConfig = HandshakeConfig {
-    protocol_version: 1,
-    magic_cookie_key: "BASIC_PLUGIN",
-    magic_cookie_value: "hello",
-};
 
 /// Concurrent file operations; more callers queue.
 const WORKERS: usize = 16;
