@@ -13,21 +13,9 @@ use crate::support::{Host, Plugin, Running, field, gone_within, tempdir};
 
 const HOSTS: [Host; 2] = [Host::Current, Host::V101];
 
-/// `examples/echo.rs`, built by `cargo build --examples` (`make test` does;
-/// `cargo test` builds examples only as test harnesses, without the binary).
+/// `examples/echo.rs`.
 fn echo_plugin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("examples/echo");
-    assert!(
-        path.exists(),
-        "{} is missing: build the examples first (`cargo build --release --examples`, as `make test` does)",
-        path.display()
-    );
-    path
+    crate::support::cargo_example("echo")
 }
 
 fn echo_host(host: Host, dir: &Path) -> Command {

@@ -12,6 +12,7 @@ mod library;
 mod matrix;
 mod oversize;
 mod plugin_cli;
+mod rust_host;
 mod support;
 mod transport;
 mod user_crate;

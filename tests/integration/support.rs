@@ -38,6 +38,20 @@ pub fn example_bin(name: &str) -> PathBuf {
     path
 }
 
+/// A cargo example of this crate (`examples/NAME.rs`), built by `cargo
+/// build --examples` (`make test` does; `cargo test` builds examples only
+/// as test harnesses, without the binary).
+pub fn cargo_example(name: &str) -> PathBuf {
+    let path = example_bin("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the examples first (`cargo build --release --examples`, as \
+         `make test` does)",
+        path.display()
+    );
+    path
+}
+
 /// A go-plugin host fixture (tests/fixtures/go-host).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Host {

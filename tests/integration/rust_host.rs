@@ -1,0 +1,774 @@
+//! The host side in Rust (`goplugin::Client`, `kv-host`, `counter-host`):
+//! go-plugin's own Go example plugins, the Python reference and this
+//! crate's plugins, with and without AutoMTLS; plugins that misbehave at
+//! start, mid-call and at shutdown; a host killed mid-call; reattach; and
+//! the plugin's log lines re-levelled. No test leaves a process or a
+//! socket file behind: plugins run in a directory and with a `TMPDIR` of
+//! the test's, both checked at the end.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use counter_plugin::proto::counter::{PutRequest as CounterPut, SumRequest};
+use counter_plugin::proto::counter_grpc::{AddHelperClient, CounterClient};
+use counter_plugin::proto::lender_grpc::HelperLenderClient;
+use goplugin::grpcio::RpcStatusCode;
+use goplugin::{Client, ClientBuilder, Error, ReattachConfig, SecureConfig};
+use kv_plugin::HANDSHAKE;
+use kv_plugin::proto::kv::{GetRequest, PutRequest};
+use kv_plugin::proto::kv_grpc::KvClient;
+
+use crate::support::{
+    Plugin, alive, cargo_example, example_bin, go_binary, gone_within, run, tempdir,
+};
+
+/// A plugin's working directory and `TMPDIR` (its sockets), both the
+/// test's.
+struct Place {
+    dir: tempfile::TempDir,
+    tmp: tempfile::TempDir,
+}
+
+impl Place {
+    fn new() -> Place {
+        Place {
+            dir: tempdir(),
+            tmp: tempdir(),
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `program args…` to run in this place.
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(program);
+        command
+            .current_dir(self.dir())
+            .env("TMPDIR", self.tmp.path())
+            .env_remove("PLUGIN_CLIENT_CERT")
+            .env_remove("PLUGIN_MULTIPLEX_GRPC");
+        command
+    }
+
+    /// A shell script as the plugin.
+    fn script(&self, script: &str) -> Command {
+        let mut command = self.command("/bin/sh");
+        command.arg("-c").arg(script);
+        command
+    }
+
+    /// Fails unless, within a second, no process runs in the directory and
+    /// no socket (or any file) is left in `TMPDIR`.
+    #[track_caller]
+    fn assert_nothing_left(&self) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut running = processes_in(self.dir());
+        while !running.is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+            running = processes_in(self.dir());
+        }
+        assert!(running.is_empty(), "processes left running: {running:?}");
+        let left: Vec<_> = fs::read_dir(self.tmp.path())
+            .expect("TMPDIR")
+            .map(|entry| entry.map(|e| e.path()))
+            .collect();
+        assert!(left.is_empty(), "files left in TMPDIR: {left:?}");
+    }
+}
+
+/// Live processes whose working directory is `dir`.
+fn processes_in(dir: &Path) -> Vec<u32> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
+/// go-plugin's own example plugins (v1.8.0, unmodified).
+fn go_example(name: &str) -> PathBuf {
+    go_binary(&format!("examples/{name}/plugin-go-grpc"))
+}
+
+/// The KV plugins `kv-host` drives: the command line, the trailer each
+/// appends to a value, and whether it speaks AutoMTLS.
+fn kv_plugins() -> Vec<(&'static str, String, &'static [u8], bool)> {
+    vec![
+        (
+            "rust",
+            example_bin("kv-plugin").display().to_string(),
+            Plugin::Rust.trailer(),
+            true,
+        ),
+        (
+            "go example",
+            go_example("grpc").display().to_string(),
+            Plugin::Go.trailer(),
+            true,
+        ),
+        ("go 1.0.1", Plugin::Go.command(), Plugin::Go.trailer(), true),
+        (
+            "python",
+            Plugin::Python.command(),
+            Plugin::Python.trailer(),
+            false,
+        ),
+    ]
+}
+
+#[test]
+fn kv_host_drives_every_kv_plugin_with_and_without_automtls() {
+    for (name, plugin, trailer, mtls) in kv_plugins() {
+        for automtls in [false, true] {
+            if automtls && !mtls {
+                continue;
+            }
+            let place = Place::new();
+            let host = |args: &[&str]| {
+                let mut command = place.command(example_bin("kv-host"));
+                command
+                    .env("KV_PLUGIN", &plugin)
+                    .env("KV_PROTO", "grpc")
+                    .env("KV_HOST_AUTOMTLS", if automtls { "1" } else { "0" })
+                    .args(args);
+                run(command)
+            };
+            let case = format!("{name}, AutoMTLS {automtls}");
+            host(&["put", "hello", "world"]).assert_success();
+            let got = host(&["get", "hello"]);
+            got.assert_success();
+            let mut want = b"world".to_vec();
+            want.extend_from_slice(trailer);
+            want.push(b'\n');
+            assert_eq!(got.stdout, want, "{case}");
+            let missing = host(&["get", "missing"]);
+            missing.assert_failure();
+            assert!(
+                missing.stdout_str().starts_with("error: RpcFailure: "),
+                "{case}: {}",
+                missing.stdout_str()
+            );
+            place.assert_nothing_left();
+        }
+    }
+}
+
+#[test]
+fn counter_host_serves_the_plugins_callback_through_the_broker() {
+    let plugins = [
+        ("rust", example_bin("counter-plugin")),
+        ("go example", go_example("bidirectional")),
+    ];
+    for (name, plugin) in plugins {
+        for automtls in ["0", "1"] {
+            let place = Place::new();
+            let host = |args: &[&str]| {
+                let mut command = place.command(example_bin("counter-host"));
+                command
+                    .env("COUNTER_PLUGIN", &plugin)
+                    .env("COUNTER_HOST_AUTOMTLS", automtls)
+                    .args(args);
+                run(command)
+            };
+            host(&["put", "hits", "5"]).assert_success();
+            host(&["put", "hits", "7"]).assert_success();
+            let got = host(&["get", "hits"]);
+            got.assert_success();
+            assert_eq!(got.stdout_str(), "12\n", "{name}, AutoMTLS {automtls}");
+            place.assert_nothing_left();
+        }
+    }
+}
+
+#[test]
+fn the_host_dials_what_the_plugin_serves_through_the_broker() {
+    for automtls in [false, true] {
+        let place = Place::new();
+        let client = Client::builder(HANDSHAKE)
+            .command(place.command(example_bin("counter-plugin")))
+            .auto_mtls(automtls)
+            .start()
+            .expect("counter-plugin starts");
+        let lent = HelperLenderClient::new(client.channel())
+            .lend(&goplugin::protobuf::well_known_types::empty::Empty::new())
+            .expect("Lend");
+        let channel = client
+            .broker()
+            .dial(lent.helper_id)
+            .expect("dial the lent id");
+        let sum = SumRequest {
+            a: 40,
+            b: 2,
+            ..SumRequest::default()
+        };
+        let reply = AddHelperClient::new(channel)
+            .sum(&sum)
+            .expect("the plugin's AddHelper");
+        assert_eq!(reply.r, 42, "AutoMTLS {automtls}");
+        client.kill();
+        place.assert_nothing_left();
+    }
+}
+
+/// Starts `script` as the plugin and expects a start error saying `says`,
+/// within a second, with the plugin (whose pid the script writes to
+/// `pid`) gone.
+#[track_caller]
+fn refused_at_once(script: &str, automtls: bool, says: &[&str]) {
+    let place = Place::new();
+    let script = format!("echo $$ > pid; {script}");
+    let began = Instant::now();
+    let err = Client::builder(HANDSHAKE)
+        .command(place.script(&script))
+        .auto_mtls(automtls)
+        .start()
+        .expect_err(&script)
+        .to_string();
+    let took = began.elapsed();
+    for part in says {
+        assert!(err.contains(part), "{script}: {part:?} not in: {err}");
+    }
+    assert!(err.starts_with("plugin sh: "), "names the plugin: {err}");
+    assert!(took < Duration::from_secs(1), "{script}: took {took:?}");
+    let pid: u32 = fs::read_to_string(place.dir().join("pid"))
+        .expect("the script ran")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert!(
+        gone_within(pid, Duration::from_secs(1)),
+        "{script}: still running"
+    );
+    place.assert_nothing_left();
+}
+
+#[test]
+fn a_plugin_that_prints_a_bad_line_is_refused_and_killed_at_once() {
+    refused_at_once(
+        "echo 'listening on :1234'; exec sleep 30",
+        false,
+        &["handshake: Unrecognized remote plugin message: listening on :1234"],
+    );
+    refused_at_once(
+        "echo '2|1|unix|/nowhere|grpc'; exec sleep 30",
+        false,
+        &["incompatible core API version with plugin. Plugin version: 2"],
+    );
+    refused_at_once(
+        "echo '1|1|unix|/nowhere|netrpc'; exec sleep 30",
+        false,
+        &["unsupported plugin protocol \"netrpc\"", "gRPC only"],
+    );
+}
+
+#[test]
+fn a_plugin_of_another_version_is_refused_with_both_versions() {
+    refused_at_once(
+        "echo '1|2|unix|/nowhere|grpc|'; exec sleep 30",
+        false,
+        &["incompatible API version with plugin. Plugin version: 2, Client versions: [1]"],
+    );
+}
+
+#[test]
+fn a_plugin_whose_address_nobody_listens_on_is_refused_at_once() {
+    refused_at_once(
+        "echo \"1|1|unix|$PWD/nobody|grpc|\"; exec sleep 30",
+        false,
+        &["connect: cannot connect to unix ", "nobody"],
+    );
+    refused_at_once(
+        "echo '1|1|tcp|127.0.0.1:1|grpc|'; exec sleep 30",
+        false,
+        &["connect: cannot connect to tcp 127.0.0.1:1"],
+    );
+}
+
+#[test]
+fn a_plugin_that_exits_early_is_refused_with_what_it_printed() {
+    refused_at_once(
+        "echo 'cannot open the database' >&2; exit 3",
+        false,
+        &[
+            "start: plugin exited before we could connect (exit status: 3)",
+            "cannot open the database",
+        ],
+    );
+}
+
+#[test]
+fn a_plugin_without_automtls_is_refused_by_an_automtls_host() {
+    refused_at_once(
+        "echo '1|1|unix|/nowhere|grpc|'; exec sleep 30",
+        true,
+        &["sent no certificate", "AutoMTLS"],
+    );
+}
+
+#[test]
+fn a_plugin_that_prints_nothing_fails_at_the_start_timeout() {
+    let place = Place::new();
+    let began = Instant::now();
+    let err = Client::builder(HANDSHAKE)
+        .command(place.script("echo $$ > pid; exec sleep 30"))
+        .start_timeout(Duration::from_millis(400))
+        .start()
+        .expect_err("no handshake")
+        .to_string();
+    let took = began.elapsed();
+    assert!(
+        err.contains("timeout while waiting for plugin to start"),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(1400),
+        "took {took:?}"
+    );
+    place.assert_nothing_left();
+}
+
+/// `sha256sum FILE`'s checksum.
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("a checksum")
+        .to_string()
+}
+
+#[test]
+fn secure_config_refuses_a_binary_with_another_checksum() {
+    let place = Place::new();
+    let plugin = example_bin("kv-plugin");
+    // The checksum of another binary: the plugin must not even start.
+    let wrong = SecureConfig::sha256_hex(&sha256(&example_bin("counter-plugin"))).unwrap();
+    let err = Client::builder(HANDSHAKE)
+        .command(place.command(&plugin))
+        .secure(wrong)
+        .start()
+        .expect_err("wrong checksum")
+        .to_string();
+    assert!(
+        err.contains("secure config: checksums did not match"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&sha256(&plugin)),
+        "names the checksum found: {err}"
+    );
+    assert!(processes_in(place.dir()).is_empty());
+
+    let right = SecureConfig::sha256_hex(&sha256(&plugin)).unwrap();
+    let client = Client::builder(HANDSHAKE)
+        .command(place.command(&plugin))
+        .secure(right)
+        .start()
+        .expect("the right checksum starts");
+    client.ping().expect("ping");
+    drop(client);
+    place.assert_nothing_left();
+    assert!(SecureConfig::sha256_hex("abc").is_err());
+}
+
+#[test]
+fn a_plugin_that_dies_mid_call_fails_the_call_and_reports_its_exit() {
+    let place = Place::new();
+    let client = Client::builder(HANDSHAKE)
+        .command(place.command(example_bin("counter-plugin")))
+        .start()
+        .expect("counter-plugin starts");
+    let pid = client.pid().expect("a pid");
+    // A Put whose broker id the host never serves: the plugin waits for
+    // it (5 s), mid-call, when it is killed.
+    let counter = CounterClient::new(client.channel());
+    let call = thread::spawn(move || {
+        let request = CounterPut {
+            add_server: 999,
+            key: "k".into(),
+            value: 1,
+            ..CounterPut::default()
+        };
+        let began = Instant::now();
+        (counter.put(&request), began)
+    });
+    thread::sleep(Duration::from_millis(300));
+    assert!(!client.exited());
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    let (result, began) = call.join().unwrap();
+    let took = began.elapsed();
+    match result {
+        Err(goplugin::grpcio::Error::RpcFailure(status)) => {
+            assert_eq!(status.code(), RpcStatusCode::UNAVAILABLE, "{status:?}");
+        }
+        other => panic!("the call should fail: {other:?}"),
+    }
+    assert!(
+        took < Duration::from_secs(2),
+        "the call ended after {took:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !client.exited() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(client.exited(), "exited() after the crash");
+    assert!(!client.exit_status().unwrap().success());
+    let began = Instant::now();
+    client.kill();
+    assert!(began.elapsed() < Duration::from_millis(500));
+    drop(client);
+    // SIGKILL left the plugin no chance to remove its socket.
+    for entry in fs::read_dir(place.tmp.path()).unwrap() {
+        fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    place.assert_nothing_left();
+}
+
+#[test]
+fn a_plugin_that_ignores_shutdown_is_killed_after_two_seconds() {
+    let place = Place::new();
+    let mut command = place.script(&format!("exec {}", Plugin::Python.command()));
+    command.env("PYTHON_KV_IGNORE_SHUTDOWN", "1");
+    let client = Client::builder(HANDSHAKE)
+        .command(command)
+        .start()
+        .expect("python plugin starts");
+    let pid = client.pid().unwrap();
+    let began = Instant::now();
+    client.kill();
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_millis(3500),
+        "kill took {took:?}"
+    );
+    assert!(!alive(pid));
+    assert!(!client.exit_status().unwrap().success(), "SIGKILLed");
+    drop(client);
+    place.assert_nothing_left();
+}
+
+#[test]
+fn kill_stops_a_plugin_at_once_and_is_idempotent_and_drop_kills_too() {
+    let place = Place::new();
+    let client = Client::builder(HANDSHAKE)
+        .command(place.command(example_bin("kv-plugin")))
+        .auto_mtls(true)
+        .start()
+        .expect("kv-plugin starts");
+    assert_eq!(client.negotiated_version(), 1);
+    assert_eq!(client.listener().network, goplugin::Network::Unix);
+    client.ping().expect("ping");
+    let began = Instant::now();
+    client.kill();
+    assert!(
+        began.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(
+        client.exit_status().unwrap().success(),
+        "exited on Shutdown"
+    );
+    client.kill();
+    assert!(client.ping().is_err());
+    place.assert_nothing_left();
+
+    let client = Client::builder(HANDSHAKE)
+        .command(place.command(example_bin("kv-plugin")))
+        .start()
+        .expect("kv-plugin starts");
+    let pid = client.pid().unwrap();
+    drop(client);
+    assert!(!alive(pid));
+    place.assert_nothing_left();
+}
+
+#[test]
+fn a_host_killed_mid_call_takes_go_and_rust_plugins_along() {
+    let plugins = [
+        ("rust", example_bin("kv-plugin")),
+        ("go example", go_example("grpc")),
+    ];
+    for (name, plugin) in plugins {
+        let place = Place::new();
+        let mut host = place.command(cargo_example("host_bench"));
+        host.env("KV_PLUGIN", &plugin)
+            .args(["serve-for", "20000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut host = host.spawn().expect("host_bench");
+        let mut line = String::new();
+        BufReader::new(host.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let pid: u32 = line
+            .trim()
+            .strip_prefix("pid=")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: host said {line:?}"));
+        // Four threads make calls all the while.
+        thread::sleep(Duration::from_millis(200));
+        host.kill().unwrap();
+        host.wait().unwrap();
+        assert!(
+            gone_within(pid, Duration::from_secs(1)),
+            "{name}: the plugin outlived its host"
+        );
+        // The plugin died of SIGKILL, like its host: its socket file stays.
+        for entry in fs::read_dir(place.tmp.path()).unwrap() {
+            fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+        place.assert_nothing_left();
+    }
+}
+
+fn put_get(client: &Client, key: &str, value: &[u8]) -> Vec<u8> {
+    let kv = KvClient::new(client.channel());
+    let put = PutRequest {
+        key: key.into(),
+        value: value.to_vec(),
+        ..PutRequest::default()
+    };
+    kv.put(&put).expect("Put");
+    let get = GetRequest {
+        key: key.into(),
+        ..GetRequest::default()
+    };
+    kv.get(&get).expect("Get").value
+}
+
+#[test]
+fn reattach_drives_a_running_plugin_and_stops_it_unless_in_test_mode() {
+    for test in [false, true] {
+        let place = Place::new();
+        let owner = Client::builder(HANDSHAKE)
+            .command(place.command(example_bin("kv-plugin")))
+            .start()
+            .expect("kv-plugin starts");
+        let mut config = owner.reattach_config();
+        config.test = test;
+        let config = ReattachConfig::from_json(&config.to_json()).expect("JSON round trip");
+        let attached = Client::builder(HANDSHAKE)
+            .reattach(config)
+            .start()
+            .expect("reattach");
+        assert_eq!(attached.pid(), owner.pid());
+        assert!(put_get(&attached, "k", b"v").starts_with(b"v"));
+        drop(attached);
+        if test {
+            thread::sleep(Duration::from_millis(300));
+            assert!(!owner.exited(), "test mode leaves the plugin running");
+            owner.ping().expect("still serving");
+        } else {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !owner.exited() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+            assert!(owner.exited(), "a reattached host stops the plugin");
+        }
+        drop(owner);
+        place.assert_nothing_left();
+    }
+    let err = Client::builder(HANDSHAKE)
+        .reattach(ReattachConfig {
+            protocol: "grpc".into(),
+            protocol_version: 1,
+            addr: goplugin::Listener {
+                network: goplugin::Network::Unix,
+                address: "/nonexistent/plugin".into(),
+            },
+            pid: 0,
+            test: true,
+        })
+        .start()
+        .expect_err("nothing there");
+    assert!(
+        matches!(
+            err,
+            Error::Client {
+                step: "connect",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn skip_host_env_passes_only_the_commands_variables() {
+    let place = Place::new();
+    let mut command = place.script(&format!(
+        "env > seen; exec {}",
+        example_bin("kv-plugin").display()
+    ));
+    command.env("MINE", "1");
+    let client = Client::builder(HANDSHAKE)
+        .command(command)
+        .skip_host_env(true)
+        .port_range(20_000, 20_100)
+        .start()
+        .expect("kv-plugin starts");
+    drop(client);
+    let seen = fs::read_to_string(place.dir().join("seen")).unwrap();
+    for want in [
+        "MINE=1",
+        "BASIC_PLUGIN=hello",
+        "PLUGIN_PROTOCOL_VERSIONS=1",
+        "PLUGIN_MIN_PORT=20000",
+        "PLUGIN_MAX_PORT=20100",
+    ] {
+        assert!(seen.lines().any(|l| l == want), "{want} in:\n{seen}");
+    }
+    assert!(!seen.contains("HOME="), "the host's environment: {seen}");
+    assert!(!seen.contains("PLUGIN_CLIENT_CERT"), "{seen}");
+    place.assert_nothing_left();
+}
+
+/// A `Write` the test reads afterwards.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// The log records of targets starting with `plugin.`, for this test
+/// binary (a `log` logger is installed once per process).
+#[derive(Default)]
+struct Records(Mutex<Vec<(log::Level, String, String, Vec<(String, String)>)>>);
+
+impl log::Log for Records {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.target().starts_with("plugin.")
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        struct Collect(Vec<(String, String)>);
+        impl<'kvs> log::kv::VisitSource<'kvs> for Collect {
+            fn visit_pair(
+                &mut self,
+                key: log::kv::Key<'kvs>,
+                value: log::kv::Value<'kvs>,
+            ) -> Result<(), log::kv::Error> {
+                self.0.push((key.to_string(), value.to_string()));
+                Ok(())
+            }
+        }
+        let mut fields = Collect(Vec::new());
+        let _ = record.key_values().visit(&mut fields);
+        self.0.lock().unwrap().push((
+            record.level(),
+            record.target().to_string(),
+            record.args().to_string(),
+            fields.0,
+        ));
+    }
+
+    fn flush(&self) {}
+}
+
+fn records() -> &'static Records {
+    static RECORDS: OnceLock<&'static Records> = OnceLock::new();
+    RECORDS.get_or_init(|| {
+        let records: &'static Records = Box::leak(Box::default());
+        log::set_logger(records).expect("no other logger in the test binary");
+        log::set_max_level(log::LevelFilter::Trace);
+        records
+    })
+}
+
+fn echo_client(place: &Place, builder: impl FnOnce(ClientBuilder) -> ClientBuilder) -> Client {
+    builder(Client::builder(HANDSHAKE))
+        .command(place.command(cargo_example("echo")))
+        .start()
+        .expect("echo plugin starts")
+}
+
+#[test]
+fn the_plugins_log_lines_arrive_as_log_records_at_their_level_with_their_fields() {
+    let records = records();
+    let place = Place::new();
+    let raw = Shared::default();
+    let client = echo_client(&place, |b| b.name("echo-relevel").stderr(raw.clone()));
+    put_get(&client, "k", b"hello");
+    client.kill();
+    let mine: Vec<_> = records
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.1 == "plugin.echo-relevel")
+        .cloned()
+        .collect();
+    let find = |message: &str| {
+        mine.iter()
+            .find(|r| r.2 == message)
+            .unwrap_or_else(|| panic!("no record {message:?} in {mine:#?}"))
+            .clone()
+    };
+    let warn = find("warn line for hello");
+    assert_eq!(warn.0, log::Level::Warn);
+    assert!(warn.3.iter().any(|(k, _)| k == "timestamp"), "{warn:?}");
+    assert_eq!(find("error line for hello").0, log::Level::Error);
+    let info = find("info line for hello");
+    assert_eq!(info.0, log::Level::Info);
+    assert!(
+        info.3.contains(&("key".to_string(), "k".to_string())),
+        "the plugin's own field: {info:?}"
+    );
+    assert_eq!(find("debug line for hello").0, log::Level::Debug);
+    assert!(
+        raw.text().contains("\"@message\":\"warn line for hello\""),
+        "the raw copy: {}",
+        raw.text()
+    );
+    place.assert_nothing_left();
+}
+
+#[test]
+fn the_plugins_stdout_and_stderr_reach_the_sync_sinks() {
+    let place = Place::new();
+    let (out, err) = (Shared::default(), Shared::default());
+    let client = echo_client(&place, |b| {
+        b.sync_stdout(out.clone()).sync_stderr(err.clone())
+    });
+    put_get(&client, "k", b"hello");
+    client.kill();
+    assert!(out.text().contains("stdout says hello\n"), "{}", out.text());
+    assert!(out.text().contains("child says hello\n"), "{}", out.text());
+    assert_eq!(err.text(), "stderr says hello\n");
+    place.assert_nothing_left();
+}
