@@ -665,7 +665,10 @@ impl Shared {
 /// The log records of targets starting with `plugin.`, for this test
 /// binary (a `log` logger is installed once per process).
 #[derive(Default)]
-struct Records(Mutex<Vec<(log::Level, String, String, Vec<(String, String)>)>>);
+struct Records(Mutex<Vec<Captured>>);
+
+/// A record's level, target, message and key-value pairs.
+type Captured = (log::Level, String, String, Vec<(String, String)>);
 
 impl log::Log for Records {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
