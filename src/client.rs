@@ -21,7 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use grpcio::{CallOption, ConnectivityState, EnvBuilder, Environment, RpcStatusCode};
+use grpcio::{CallOption, EnvBuilder, Environment, RpcStatusCode};
 
 use crate::broker::Broker;
 use crate::env::{
@@ -374,8 +374,10 @@ impl ClientBuilder {
     }
 
     /// The gRPC environment (completion-queue threads) the connection uses.
-    /// Default: one shared by every `Client` of the process, with two
-    /// threads, made at the first start.
+    /// Default: one shared by every `Client` of the process, with one
+    /// thread, made at the first start (a second thread made each call
+    /// cost half as much CPU again: the threads take turns at the
+    /// connection's socket).
     pub fn grpc_environment(mut self, env: Arc<Environment>) -> ClientBuilder {
         self.grpc_env = Some(env);
         self
@@ -442,7 +444,7 @@ impl ClientBuilder {
         let env = std::panic::catch_unwind(|| {
             Arc::new(
                 EnvBuilder::new()
-                    .cq_count(2)
+                    .cq_count(1)
                     .name_prefix("goplugin-host")
                     .build(),
             )
@@ -906,38 +908,7 @@ impl Starting {
         };
         let transport = Arc::new(Transport::for_host(config.host_env(), tls, grpc_env));
         let channel = transport.channel(&listener.dial_target());
-        self.wait_ready(&channel, &listener, events)?;
-
-        let health = HealthClient::new(channel.clone());
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        let request = HealthCheckRequest {
-            service: HEALTH_SERVICE_NAME.into(),
-            ..HealthCheckRequest::default()
-        };
-        match health.check_opt(
-            &request,
-            CallOption::default().timeout(left.max(Duration::from_millis(100))),
-        ) {
-            Ok(_) => {}
-            Err(grpcio::Error::RpcFailure(status))
-                if matches!(
-                    status.code(),
-                    RpcStatusCode::UNIMPLEMENTED | RpcStatusCode::NOT_FOUND
-                ) =>
-            {
-                log::warn!(
-                    "plugin {}: no health service for \"plugin\" ({}): Client::ping will fail",
-                    self.name,
-                    status.message()
-                );
-            }
-            Err(err) => {
-                return Err(self.fail(
-                    "health check",
-                    format!("the plugin at {} does not answer: {err}", listener.address),
-                ));
-            }
-        }
+        self.check_health(&channel, &listener, events)?;
 
         let broker = Broker::default();
         broker.attach(Arc::clone(&transport));
@@ -960,49 +931,62 @@ impl Starting {
         })
     }
 
-    /// Waits until the connection is up; fails as soon as it cannot come
-    /// up (nobody listens, TLS refused) or the plugin exits.
-    fn wait_ready(
+    /// Connects and checks health `"plugin"`. The call fails at once when
+    /// the connection cannot come up (nobody listens, TLS refused), and
+    /// waits for it otherwise, up to the start deadline; a plugin without a
+    /// health service only gets a warning, as go-plugin checks health only
+    /// in `Ping`.
+    fn check_health(
         &self,
         channel: &grpcio::Channel,
         listener: &Listener,
         events: Option<&mpsc::Receiver<Event>>,
     ) -> Result<()> {
-        loop {
-            match channel.check_connectivity_state(true) {
-                ConnectivityState::GRPC_CHANNEL_READY => return Ok(()),
-                ConnectivityState::GRPC_CHANNEL_TRANSIENT_FAILURE
-                | ConnectivityState::GRPC_CHANNEL_SHUTDOWN => {
-                    return Err(self.fail(
-                        "connect",
-                        format!(
-                            "cannot connect to {} {}: nothing accepts connections there, or \
-                             the TLS handshake failed",
-                            listener.network.as_str(),
-                            listener.address
-                        ),
-                    ));
-                }
-                state => {
-                    if let Some(why) = self.exited(events) {
-                        return Err(self.fail("connect", why));
-                    }
-                    if Instant::now() >= self.deadline {
-                        return Err(self.fail(
-                            "connect",
-                            format!(
-                                "timeout while waiting for plugin to start: {} {} did not \
-                                 accept a connection within {:?}",
-                                listener.network.as_str(),
-                                listener.address,
-                                self.timeout
-                            ),
-                        ));
-                    }
-                    let step = channel.wait_for_state_change(state, Duration::from_millis(50));
-                    futures::executor::block_on(step);
-                }
+        let request = HealthCheckRequest {
+            service: HEALTH_SERVICE_NAME.into(),
+            ..HealthCheckRequest::default()
+        };
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let call = CallOption::default().timeout(left.max(Duration::from_millis(100)));
+        let status = match HealthClient::new(channel.clone()).check_opt(&request, call) {
+            Ok(_) => return Ok(()),
+            Err(grpcio::Error::RpcFailure(status)) => status,
+            Err(err) => return Err(self.fail("health check", err.to_string())),
+        };
+        let at = format!("{} {}", listener.network.as_str(), listener.address);
+        match status.code() {
+            RpcStatusCode::UNIMPLEMENTED | RpcStatusCode::NOT_FOUND => {
+                log::warn!(
+                    "plugin {}: no health service for \"plugin\" ({}): Client::ping will fail",
+                    self.name,
+                    status.message()
+                );
+                Ok(())
             }
+            RpcStatusCode::UNAVAILABLE => {
+                let why = self.exited(events).unwrap_or_else(|| {
+                    "nothing accepts connections there, or the TLS handshake failed".into()
+                });
+                Err(self.fail(
+                    "connect",
+                    format!("cannot connect to {at}: {why} ({})", status.message()),
+                ))
+            }
+            RpcStatusCode::DEADLINE_EXCEEDED => Err(self.fail(
+                "connect",
+                format!(
+                    "timeout while waiting for plugin to start: {at} did not answer within {:?}",
+                    self.timeout
+                ),
+            )),
+            _ => Err(self.fail(
+                "health check",
+                format!(
+                    "the plugin at {at} answered {}: {}",
+                    status.code(),
+                    status.message()
+                ),
+            )),
         }
     }
 }
@@ -1016,9 +1000,10 @@ struct StdioSubscription {
 }
 
 /// Subscribes to `plugin.GRPCStdio`, as go-plugin's host does in every
-/// `Client()`, writing what arrives to the sinks (dropped without one). A
-/// plugin without the service (go-plugin before 1.1, Python's example) is
-/// logged at debug.
+/// `Client()`, writing what arrives to the sinks, on a thread of its own
+/// (a sink may block); with no sink, what arrives is dropped on gRPC's
+/// thread. A plugin without the service (go-plugin before 1.1, Python's
+/// example) is logged at debug.
 fn subscribe_stdio(
     channel: &grpcio::Channel,
     mut stdout: Option<Sink>,
@@ -1037,52 +1022,57 @@ fn subscribe_stdio(
     };
     let (cancel, cancelled) = futures::channel::oneshot::channel::<()>();
     let (finished, done) = mpsc::channel::<()>();
+    let no_sink = stdout.is_none() && stderr.is_none();
+    let receive = async move {
+        let _finished = finished;
+        let mut cancelled = cancelled;
+        loop {
+            let item = match futures::future::select(stream.next(), &mut cancelled).await {
+                futures::future::Either::Left((item, _)) => item,
+                futures::future::Either::Right(_) => break,
+            };
+            let data = match item {
+                Some(Ok(data)) => data,
+                Some(Err(grpcio::Error::RpcFailure(status)))
+                    if status.code() == RpcStatusCode::UNIMPLEMENTED =>
+                {
+                    log::debug!(
+                        "plugin {name}: no plugin.GRPCStdio service, stdout/stderr syncing \
+                         unavailable"
+                    );
+                    break;
+                }
+                Some(Err(err)) => {
+                    log::debug!("plugin {name}: stdio stream ended: {err}");
+                    break;
+                }
+                None => break,
+            };
+            let sink = match data.channel.enum_value() {
+                Ok(StdioChannel::STDOUT) => &mut stdout,
+                Ok(StdioChannel::STDERR) => &mut stderr,
+                _ => {
+                    log::warn!("plugin {name}: unknown stdio channel {:?}", data.channel);
+                    continue;
+                }
+            };
+            if let Some(out) = sink
+                && out
+                    .write_all(&data.data)
+                    .and_then(|()| out.flush())
+                    .is_err()
+            {
+                *sink = None;
+            }
+        }
+    };
+    if no_sink {
+        client.spawn(receive);
+        return Some(StdioSubscription { cancel, done });
+    }
     let started = thread::Builder::new()
         .name("goplugin-stdio".into())
-        .spawn(move || {
-            let _finished = finished;
-            let mut cancelled = cancelled;
-            loop {
-                let next = futures::future::select(stream.next(), &mut cancelled);
-                let item = match futures::executor::block_on(next) {
-                    futures::future::Either::Left((item, _)) => item,
-                    futures::future::Either::Right(_) => break,
-                };
-                let data = match item {
-                    Some(Ok(data)) => data,
-                    Some(Err(grpcio::Error::RpcFailure(status)))
-                        if status.code() == RpcStatusCode::UNIMPLEMENTED =>
-                    {
-                        log::debug!(
-                            "plugin {name}: no plugin.GRPCStdio service, stdout/stderr \
-                             syncing unavailable"
-                        );
-                        break;
-                    }
-                    Some(Err(err)) => {
-                        log::debug!("plugin {name}: stdio stream ended: {err}");
-                        break;
-                    }
-                    None => break,
-                };
-                let sink = match data.channel.enum_value() {
-                    Ok(StdioChannel::STDOUT) => &mut stdout,
-                    Ok(StdioChannel::STDERR) => &mut stderr,
-                    _ => {
-                        log::warn!("plugin {name}: unknown stdio channel {:?}", data.channel);
-                        continue;
-                    }
-                };
-                if let Some(out) = sink
-                    && out
-                        .write_all(&data.data)
-                        .and_then(|()| out.flush())
-                        .is_err()
-                {
-                    *sink = None;
-                }
-            }
-        });
+        .spawn(move || futures::executor::block_on(receive));
     match started {
         Ok(_) => Some(StdioSubscription { cancel, done }),
         Err(err) => {

@@ -201,6 +201,11 @@ impl HandshakeLine {
         if address.is_empty() {
             return fail("the plugin advertised an empty address".to_string());
         }
+        if address.chars().any(char::is_control) {
+            return fail(format!(
+                "the plugin advertised an address with control characters: {address:?}"
+            ));
+        }
         // go-plugin: no fifth field means net/rpc.
         match fields.get(4).copied().unwrap_or("netrpc") {
             "grpc" => {}
@@ -390,6 +395,7 @@ mod tests {
             ("1|one|unix|/s|grpc", "error parsing protocol version"),
             ("1|1|udp|/s|grpc", "unknown address type"),
             ("1|1|unix||grpc", "empty address"),
+            ("1|1|unix|/s\0x|grpc", "control characters"),
             ("1|1|unix|/s", "gRPC only"),
             ("1|1|unix|/s|netrpc", "gRPC only"),
             ("1|1|unix|/s|", "unsupported plugin protocol \"\""),
