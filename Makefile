@@ -10,15 +10,17 @@ HOSTS := $(BUILD)/go-hosts
 VENV := $(BUILD)/venv
 PYGEN := $(BUILD)/python-kv
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+TARGET_DIR_OR_DEFAULT := $(abspath $(if $(TARGET_DIR),$(TARGET_DIR),target))
 KV_PLUGIN_BIN := $(if $(TARGET_DIR),$(TARGET_DIR),target)/release/kv-plugin
 COUNTER_PLUGIN_BIN := $(if $(TARGET_DIR),$(TARGET_DIR),target)/release/counter-plugin
 
 .PHONY: demo test deps hosts python-ref build lint doc bench bench-quick fuzz clean
 
 ## demo: install what is missing, build, and run kv put/get (and the bidirectional
-## counter example) through the current go-plugin host
+## counter example) through the current go-plugin host, then a get through
+## goplugin's own Rust host
 demo: deps hosts
-	$(CARGO) build $(CARGO_FLAGS) --workspace --bin kv-plugin --bin counter-plugin
+	$(CARGO) build $(CARGO_FLAGS) --workspace --bin kv-plugin --bin counter-plugin --bin kv-host
 	@dir=$$(mktemp -d) && cd "$$dir" && \
 	echo "== in $$dir, host = go-plugin $$(sed -n 's/.*hashicorp\/go-plugin \(v[0-9.]*\).*/\1/p' $(CURDIR)/tests/fixtures/go-host/go.mod), plugin = $(KV_PLUGIN_BIN)" && \
 	echo '$$ kv put hello world' && \
@@ -33,7 +35,9 @@ demo: deps hosts
 	COUNTER_PLUGIN="$(abspath $(COUNTER_PLUGIN_BIN))" $(CURDIR)/$(HOSTS)/examples/bidirectional/bidirectional put hits 7 2>>host.log && \
 	COUNTER_PLUGIN="$(abspath $(COUNTER_PLUGIN_BIN))" $(CURDIR)/$(HOSTS)/examples/bidirectional/bidirectional get hits 2>>host.log && \
 	echo "$$ cat kv_hits" && cat kv_hits && echo && \
-	echo "== the host's log of these calls: $$dir/host.log"
+	echo '$$ kv-host get hello   (goplugin'"'"'s Rust host, driving go-plugin'"'"'s own Go plugin with AutoMTLS)' && \
+	KV_HOST_AUTOMTLS=1 KV_PLUGIN="$(CURDIR)/$(HOSTS)/examples/grpc/plugin-go-grpc" $(TARGET_DIR_OR_DEFAULT)/release/kv-host get hello 2>>host.log && \
+	echo "== the hosts' log of these calls: $$dir/host.log"
 
 ## test: install what is missing, then fmt, clippy, rustdoc and every test
 test: deps hosts python-ref lint doc bench-quick
@@ -41,18 +45,22 @@ test: deps hosts python-ref lint doc bench-quick
 	$(CARGO) test $(CARGO_FLAGS) --workspace --all-targets
 	$(CARGO) test $(CARGO_FLAGS) --workspace --doc
 
-## bench: Rust vs Go vs Python KV plugins through the current go-plugin host
-## (5 interleaved runs); writes bench/results/results.{json,md,png}
+## bench: Rust vs Go vs Python KV plugins through the current go-plugin host,
+## then goplugin's Rust host vs go-plugin's Go host on the same plugins (5
+## interleaved runs each); writes bench/results/ and bench/results-hosts/
 BENCH_RUNS ?= 5
 BENCH_CALLS ?= 5000
+BENCH_BUILD := $(CARGO) build $(CARGO_FLAGS) --workspace --exclude greeter-plugin --bins --examples
 bench: deps hosts python-ref $(VENV)/bench-stamp
-	$(CARGO) build $(CARGO_FLAGS) --workspace --bin kv-plugin
+	$(BENCH_BUILD)
 	$(VENV)/bin/python bench/run.py --runs $(BENCH_RUNS) --calls $(BENCH_CALLS)
+	$(VENV)/bin/python bench/run.py --hosts --runs $(BENCH_RUNS) --calls $(BENCH_CALLS) --out bench/results-hosts
 
-## bench-quick: the same in a few hundred calls, into .build/bench (run by `make test`)
+## bench-quick: the same in a few hundred calls, into .build/bench* (run by `make test`)
 bench-quick: $(VENV)/bench-stamp
-	$(CARGO) build $(CARGO_FLAGS) --workspace --bin kv-plugin
+	$(BENCH_BUILD)
 	$(VENV)/bin/python bench/run.py --runs 1 --calls 300 --out $(BUILD)/bench
+	$(VENV)/bin/python bench/run.py --hosts --runs 1 --calls 300 --out $(BUILD)/bench-hosts
 
 $(VENV)/bench-stamp: $(VENV)/stamp bench/requirements.txt
 	$(VENV)/bin/pip install --quiet -r bench/requirements.txt

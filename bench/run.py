@@ -1,8 +1,10 @@
 """goplugin benchmark: the Rust, Go and Python KV plugins through one
-go-plugin host (the current release), interleaved run by run.
+go-plugin host (the current release), interleaved run by run; with
+--hosts, goplugin's Rust host against go-plugin's Go host, both driving the
+same plugins (go-plugin's own Go example plugin and kv-plugin).
 
 Usage: run.py [--runs N] [--calls N] [--out DIR] [--only NAME,...]
-              [--extra NAME=PATH ...]
+              [--extra NAME=PATH ...] [--hosts]
 
 --extra adds another build of kv-plugin (say, linked another way) as a
 plugin NAME; --only keeps the named plugins of the usual set (go is always
@@ -20,6 +22,13 @@ call, RSS and Kill time; the driver adds the whole `kv put` CLI time. The
 driver also records how busy the machine was during each measurement
 (CPU time of processes other than the host, the plugin and itself) and
 flags measurements with foreign load, instead of mixing them in silently.
+
+With --hosts, each plugin runs under the Go test host's `bench` and under
+examples/host_bench.rs (the same measurements, on goplugin::Client), and
+the figures add the host's own CPU per call and RSS; each ratio is the
+Rust host's figure over the Go host's with the same plugin in the same run.
+The CLI row times go-plugin's example host (`examples/grpc`) against
+goplugin's `kv-host`, both running the plugin with `sh -c` as they do.
 
 Writes DIR/results.json, DIR/results.md and DIR/results.png.
 """
@@ -50,16 +59,43 @@ def target_dir():
     return json.loads(meta.stdout)["target_directory"]
 
 
+def entry(name, plugin, env=None, host=HOST, baseline="go", cli=None):
+    """One measured configuration: `host bench` with KV_PLUGIN=`plugin`;
+    its ratios are against `baseline`'s in the same run; `cli` is the
+    host and environment the CLI row runs `put` with."""
+    env = dict(env or {})
+    return {"name": name, "plugin": plugin, "env": env, "host": host,
+            "baseline": baseline,
+            "cli": cli or (host, dict(env, KV_HOST_DIRECT="1"))}
+
+
 def plugins():
     rust = os.path.join(target_dir(), "release", "kv-plugin")
     python = os.path.join(ROOT, ".build", "venv", "bin", "python")
     return [
-        ("go", os.path.join(ROOT, ".build", "go-hosts", "kv-plugin-go"), {}),
-        ("rust", rust, {}),
-        ("rust-relaxed", rust, {"KV_PLUGIN_DURABILITY": "relaxed"}),
+        entry("go", os.path.join(ROOT, ".build", "go-hosts", "kv-plugin-go")),
+        entry("rust", rust),
+        entry("rust-relaxed", rust, {"KV_PLUGIN_DURABILITY": "relaxed"}),
         # The host multiplexes (GRPCBrokerMultiplex): the cost of the yamux bridge.
-        ("rust-mux", rust, {"KV_HOST_MUX": "1"}),
-        ("python", python + " " + os.path.join(ROOT, "tests", "fixtures", "python-kv", "plugin.py"), {}),
+        entry("rust-mux", rust, {"KV_HOST_MUX": "1"}),
+        entry("python", python + " " + os.path.join(ROOT, "tests", "fixtures", "python-kv", "plugin.py")),
+    ]
+
+
+def hosts():
+    release = os.path.join(target_dir(), "release")
+    rust_host = os.path.join(release, "examples", "host_bench")
+    go_cli = (os.path.join(ROOT, ".build", "go-hosts", "examples", "grpc", "grpc"), {"KV_PROTO": "grpc"})
+    rust_cli = (os.path.join(release, "kv-host"), {})
+    go_plugin = os.path.join(ROOT, ".build", "go-hosts", "examples", "grpc", "plugin-go-grpc")
+    rust_plugin = os.path.join(release, "kv-plugin")
+    return [
+        entry("go-host/go-plugin", go_plugin, cli=go_cli, baseline="go-host/go-plugin"),
+        entry("rust-host/go-plugin", go_plugin, host=rust_host, cli=rust_cli,
+              baseline="go-host/go-plugin"),
+        entry("go-host/rust-plugin", rust_plugin, cli=go_cli, baseline="go-host/rust-plugin"),
+        entry("rust-host/rust-plugin", rust_plugin, host=rust_host, cli=rust_cli,
+              baseline="go-host/rust-plugin"),
     ]
 
 
@@ -75,26 +111,34 @@ def own_ticks():
     return (t.user + t.system + t.children_user + t.children_system) * CLK_TCK
 
 
-def measure(name, command, extra_env, calls, workdir):
-    # Started without a shell in between, as Terraform, Vault and Packer do.
-    env = dict(os.environ, KV_PLUGIN=command, KV_HOST_DIRECT="1", **extra_env)
-    for key in ("BASIC_PLUGIN", "PLUGIN_CLIENT_CERT"):
+def clean_env(**extra):
+    env = dict(os.environ, **extra)
+    for key in ("BASIC_PLUGIN", "PLUGIN_CLIENT_CERT", "PLUGIN_MULTIPLEX_GRPC"):
         env.pop(key, None)
+    return env
+
+
+def measure(e, calls, workdir):
+    name = e["name"]
+    # Started without a shell in between, as Terraform, Vault and Packer do.
+    env = clean_env(KV_PLUGIN=e["plugin"], KV_HOST_DIRECT="1", **e["env"])
     # The previous plugin's unsynced writes (the Go and Python plugins do not
     # fsync) would otherwise be flushed during this start-up: the journal
     # commit stalls the unix socket's creation (measured: up to 140 ms).
     os.sync()
     busy0, own0, wall0 = machine_ticks(), own_ticks(), time.monotonic()
-    out = subprocess.run([HOST, "bench", str(calls)], cwd=workdir, env=env,
+    out = subprocess.run([e["host"], "bench", str(calls)], cwd=workdir, env=env,
                          capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         sys.exit(f"{name}: bench failed: {out.stdout}{out.stderr[-2000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     cli = []
     os.sync()
+    cli_host, cli_env = e["cli"]
+    cli_env = clean_env(KV_PLUGIN=e["plugin"], **cli_env)
     for i in range(5):
         t = time.monotonic()
-        subprocess.run([HOST, "put", "cli", str(i)], cwd=workdir, env=env,
+        subprocess.run([cli_host, "put", "cli", str(i)], cwd=workdir, env=cli_env,
                        capture_output=True, check=True, timeout=60)
         cli.append((time.monotonic() - t) * 1000)
     result["cli_put_ms"] = statistics.median(cli)
@@ -126,6 +170,12 @@ METRICS = [
     ("cli_put_ms", "whole `kv put` CLI", "ms", lambda r: r["cli_put_ms"], True),
 ]
 
+# What --hosts adds: the host process's own cost.
+HOST_METRICS = [
+    ("host_cpu_us_per_call", "host CPU per call", "µs", lambda r: r["host_cpu_us_per_call"], True),
+    ("host_rss_mb", "host RSS after load", "MB", lambda r: r["host_rss_kb"] / 1024, True),
+]
+
 
 def main():
     parser = argparse.ArgumentParser()
@@ -135,27 +185,31 @@ def main():
     parser.add_argument("--only", help="comma-separated plugin names to measure")
     parser.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
                         help="another kv-plugin binary to measure as NAME")
+    parser.add_argument("--hosts", action="store_true",
+                        help="the Rust host against the Go host, on the same plugins")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
-    entries = plugins()
+    entries = hosts() if args.hosts else plugins()
+    metrics = METRICS + HOST_METRICS if args.hosts else METRICS
     if args.only:
-        keep = set(args.only.split(",")) | {"go"}
-        entries = [e for e in entries if e[0] in keep]
+        keep = set(args.only.split(",")) | {e["baseline"] for e in entries}
+        entries = [e for e in entries if e["name"] in keep]
     for extra in args.extra:
         name, _, path = extra.partition("=")
         if not name or not os.path.isfile(path):
             parser.error(f"--extra {extra!r}: want NAME=PATH of an existing binary")
-        entries.append((name, os.path.abspath(path), {}))
-    raw = {name: [] for name, _, _ in entries}
+        entries.append(entry(name, os.path.abspath(path)))
+    raw = {e["name"]: [] for e in entries}
     with tempfile.TemporaryDirectory(prefix="goplugin-bench") as workdir:
         for run in range(args.runs):
             # Each run starts with the next plugin (A B C, B C A, ...): a
             # plugin measured right after another's teardown is not always
             # the same one.
             shift = run % len(entries)
-            for name, command, extra in entries[shift:] + entries[:shift]:
-                result = measure(name, command, extra, args.calls, workdir)
+            for e in entries[shift:] + entries[:shift]:
+                name = e["name"]
+                result = measure(e, args.calls, workdir)
                 raw[name].append(result)
                 flag = " FOREIGN LOAD" if result["foreign_load"] > FOREIGN_LIMIT else ""
                 print(f"run {run + 1}/{args.runs} {name:13s} ready {result['ready_ms']:7.1f} ms  "
@@ -164,27 +218,29 @@ def main():
                       f"{result['foreign_load']:.0%}{flag}", flush=True)
 
     summary = {}
-    go_runs = raw["go"]
-    for name, results in raw.items():
+    for e in entries:
+        name, results, base_runs = e["name"], raw[e["name"]], raw[e["baseline"]]
         clean = [r for r in results if r["foreign_load"] <= FOREIGN_LIMIT] or results
         # Ratios run by run, between measurements of the same run.
-        pairs = [(r, g) for r, g in zip(results, go_runs)
+        pairs = [(r, g) for r, g in zip(results, base_runs)
                  if r["foreign_load"] <= FOREIGN_LIMIT and g["foreign_load"] <= FOREIGN_LIMIT] \
-            or list(zip(results, go_runs))
+            or list(zip(results, base_runs))
         summary[name] = {
+            "baseline": e["baseline"],
             "runs": len(results),
             "runs_used": len(clean),
             "all_runs_flagged": not any(r["foreign_load"] <= FOREIGN_LIMIT for r in results),
-            **{key: statistics.median(get(r) for r in clean) for key, _, _, get, _ in METRICS},
+            **{key: statistics.median(get(r) for r in clean) for key, _, _, get, _ in metrics},
             "range": {key: [min(get(r) for r in clean), max(get(r) for r in clean)]
-                      for key, _, _, get, _ in METRICS},
+                      for key, _, _, get, _ in metrics},
             "ratio": {key: spread([get(r) / get(g) for r, g in pairs if get(g)])
-                      for key, _, _, get, _ in METRICS},
+                      for key, _, _, get, _ in metrics},
         }
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": {"cpus": NCPU, "kernel": os.uname().release},
         "calls_per_phase": args.calls,
+        "hosts": args.hosts,
         "runs": args.runs,
         "foreign_load_limit": FOREIGN_LIMIT,
         "summary": summary,
@@ -192,8 +248,8 @@ def main():
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
-    write_markdown(report, os.path.join(args.out, "results.md"))
-    plot(report, os.path.join(args.out, "results.png"))
+    write_markdown(report, metrics, os.path.join(args.out, "results.md"))
+    plot(report, metrics, os.path.join(args.out, "results.png"))
     print(open(os.path.join(args.out, "results.md")).read())
 
 
@@ -206,28 +262,34 @@ def figure(value, unit):
     return f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
-def write_markdown(report, path):
+def write_markdown(report, metrics, path):
     s = report["summary"]
     names = list(s)
+    compared = [n for n in names if s[n]["baseline"] != n]
+    if report.get("hosts"):
+        what = ("each plugin under the Go test host's `bench` and under goplugin's host "
+                "(examples/host_bench.rs); the hosts start each plugin without a shell. "
+                "Ratio = the Rust host's figure ÷ the Go host's with the same plugin in the same run")
+    else:
+        what = ("the host starts each plugin without a shell. "
+                "Ratio = figure ÷ Go plugin's figure in the same run")
     lines = [
         f"Medians (min–max) of {report['runs']} interleaved runs (the order rotated each run), "
         f"{report['calls_per_phase']} calls per phase, {report['date']}, "
-        f"{report['machine']['cpus']} CPUs; the host starts each plugin without a shell. "
-        "Ratio = figure ÷ Go plugin's figure in the same run, median (min–max) over the runs "
+        f"{report['machine']['cpus']} CPUs; {what}, median (min–max) over the runs "
         "(for calls/s, higher is better; for everything else, lower is better).",
         "",
-        "| metric | " + " | ".join(names) + " | " + " | ".join(f"{n} ÷ go" for n in names if n != "go") + " |",
-        "|---|" + "---|" * (len(names) + len(names) - 1),
+        "| metric | " + " | ".join(names) + " | "
+        + " | ".join(f"{n} ÷ {s[n]['baseline']}" for n in compared) + " |",
+        "|---|" + "---|" * (len(names) + len(compared)),
     ]
-    for key, label, unit, _, _ in METRICS:
+    for key, label, unit, _, _ in metrics:
         cells = []
         for n in names:
             low, high = s[n]["range"][key]
             cells.append(f"{figure(s[n][key], unit)} {unit} ({figure(low, unit)}–{figure(high, unit)})")
         ratios = []
-        for n in names:
-            if n == "go":
-                continue
+        for n in compared:
             r = s[n]["ratio"][key]
             ratios.append(f"{r[0]:.2f}× ({r[1]:.2f}–{r[2]:.2f})" if r else "–")
         lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
@@ -240,22 +302,24 @@ def write_markdown(report, path):
         f.write("\n".join(lines) + "\n")
 
 
-def plot(report, path):
+def plot(report, metrics, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     s = report["summary"]
-    names = [n for n in s if n != "go"]
-    shown = [m for m in METRICS if m[0] in (
+    names = [n for n in s if s[n]["baseline"] != n]
+    shown = [m for m in metrics if m[0] in (
         "start_ms", "ready_ms", "put_p50_us", "get_p50_us", "c16_calls_s",
-        "cpu_us_per_call", "rss_mb", "kill_ms", "cli_put_ms")]
+        "cpu_us_per_call", "rss_mb", "kill_ms", "cli_put_ms",
+        "host_cpu_us_per_call", "host_rss_mb")]
     fig, ax = plt.subplots(figsize=(11, 5.5))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         ratios = []
         for key, _, _, _, lower_better in shown:
-            ratio = s[name][key] / s["go"][key] if s["go"][key] else 1.0
+            base = s[s[name]["baseline"]][key]
+            ratio = s[name][key] / base if base else 1.0
             # Plot "how many times better than Go": > 1 is better.
             ratios.append(1 / ratio if lower_better else ratio)
         ax.bar([x + i * width for x in range(len(shown))], ratios, width, label=name)
@@ -263,8 +327,12 @@ def plot(report, path):
     ax.set_yscale("log")
     ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(shown))])
     ax.set_xticklabels([label for _, label, _, _, _ in shown], rotation=25, ha="right")
-    ax.set_ylabel("advantage over the Go plugin (×, log scale; > 1 is better)")
-    ax.set_title(f"KV plugins through go-plugin's host, medians of {report['runs']} runs ({report['date']})")
+    if report.get("hosts"):
+        ax.set_ylabel("advantage over the Go host (×, log scale; > 1 is better)")
+        ax.set_title(f"goplugin's host vs go-plugin's, same plugins, medians of {report['runs']} runs ({report['date']})")
+    else:
+        ax.set_ylabel("advantage over the Go plugin (×, log scale; > 1 is better)")
+        ax.set_title(f"KV plugins through go-plugin's host, medians of {report['runs']} runs ({report['date']})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
