@@ -1083,29 +1083,26 @@ fn subscribe_stdio(
 }
 
 /// A running plugin, or one the host attached to: go-plugin's `Client`
-/// and its `ClientProtocol` in one.
+/// and its `ClientProtocol` in one. The README's KV host, in full:
 ///
 /// ```no_run
 /// use std::process::Command;
-/// # mod kv_grpc { pub use kv_plugin::proto::kv_grpc::*; }
-/// # mod kv { pub use kv_plugin::proto::kv::*; }
-/// use goplugin::{Client, HandshakeConfig};
+/// use goplugin::Client;
+/// use kv_plugin::HANDSHAKE; // the plugin's HandshakeConfig: BASIC_PLUGIN=hello, version 1
+/// use kv_plugin::proto::kv::GetRequest;
+/// use kv_plugin::proto::kv_grpc::KvClient;
 ///
-/// const HANDSHAKE: HandshakeConfig = HandshakeConfig {
-///     protocol_version: 1,
-///     magic_cookie_key: "BASIC_PLUGIN",
-///     magic_cookie_value: "hello",
-/// };
-///
-/// let client = Client::builder(HANDSHAKE)
-///     .command(Command::new("./kv-plugin"))
-///     .auto_mtls(true)
-///     .start()?;
-/// let kv = kv_grpc::KvClient::new(client.channel());
-/// let request = kv::GetRequest { key: "hello".into(), ..Default::default() };
-/// println!("{:?}", kv.get(&request));
-/// client.kill();
-/// # Ok::<(), goplugin::Error>(())
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let client = Client::builder(HANDSHAKE)
+///         .command(Command::new("./plugin-go-grpc")) // run directly, no shell
+///         .auto_mtls(true)
+///         .start()?; // handshake, TLS, health "plugin", broker and stdio streams
+///     let kv = KvClient::new(client.channel());
+///     let request = GetRequest { key: "hello".into(), ..Default::default() };
+///     let value = kv.get(&request)?.value;
+///     println!("{}", String::from_utf8_lossy(&value));
+///     Ok(()) // dropping `client` calls the plugin's Shutdown, then kills it after 2 s
+/// }
 /// ```
 pub struct Client {
     name: String,

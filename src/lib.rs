@@ -1,11 +1,13 @@
 //! Write [HashiCorp go-plugin](https://github.com/hashicorp/go-plugin)
-//! plugins in Rust, with a blocking API on [`grpcio`] (gRPC C-core) and no
-//! async runtime.
+//! plugins in Rust, and host any go-plugin plugin from Rust, with a
+//! blocking API on [`grpcio`] (gRPC C-core) and no async runtime.
 //!
-//! A go-plugin host (Terraform, Vault, Packer, Nomad, or any Go program
-//! using go-plugin) starts a plugin as a child process, reads one handshake
-//! line from its stdout and then talks gRPC to it. This crate is the plugin
-//! side of that contract.
+//! A go-plugin host (Terraform, OpenTofu, Nomad, or any Go program using
+//! go-plugin) starts a plugin as a child process, reads one handshake line
+//! from its stdout and then talks gRPC to it. This crate is both sides of
+//! that contract: [`PluginServer`] makes a Rust program a plugin, and
+//! [`Client`] starts and drives a plugin written in Go, Python or Rust
+//! ([Hosting plugins](#hosting-plugins)).
 //!
 //! # How it works
 //!
@@ -98,6 +100,20 @@
 //! the host serves under an id, [`Broker::accept_and_serve`] serves one for
 //! the host. Both work with and without AutoMTLS and multiplexing; the
 //! `counter-plugin` binary is go-plugin's bidirectional example.
+//!
+//! # Hosting plugins
+//!
+//! [`Client::builder`] takes the plugin's [`HandshakeConfig`] and a
+//! `std::process::Command`; [`ClientBuilder::start`] runs it with go-plugin's
+//! environment, reads and checks its handshake line, connects (AutoMTLS
+//! with [`ClientBuilder::auto_mtls`]), checks health `"plugin"` and opens
+//! the broker and stdio streams. [`Client::channel`] is the connection for
+//! the negotiated version's generated clients; [`Client::kill`], or
+//! dropping the `Client`, calls the plugin's `Shutdown`, waits up to 2 s
+//! and kills it. A plugin never outlives its host: it is killed when the
+//! host process dies, even by SIGKILL, and so is anything it started in
+//! its process group. The `kv-host` and `counter-host` binaries are
+//! go-plugin's example hosts in Rust.
 //!
 //! # The environment
 //!

@@ -775,3 +775,28 @@ fn the_plugins_stdout_and_stderr_reach_the_sync_sinks() {
     assert_eq!(err.text(), "stderr says hello\n");
     place.assert_nothing_left();
 }
+
+/// The README's host example is the `Client` docs' example, which rustdoc
+/// compiles.
+#[test]
+fn the_readme_shows_the_compiled_host_example() {
+    let readme = fs::read_to_string(crate::support::repo().join("README.md")).expect("README");
+    let source = fs::read_to_string(crate::support::repo().join("src/client.rs")).expect("source");
+    let docs = source
+        .split("/// and its `ClientProtocol` in one.")
+        .nth(1)
+        .and_then(|rest| rest.split("/// ```no_run\n").nth(1))
+        .and_then(|rest| rest.split("/// ```\n").next())
+        .expect("the Client docs' example");
+    let code: String = docs
+        .lines()
+        .map(|line| {
+            let line = line.strip_prefix("///").unwrap_or(line);
+            format!("{}\n", line.strip_prefix(' ').unwrap_or(line))
+        })
+        .collect();
+    assert!(
+        readme.contains(&code),
+        "README.md's \"Hosting plugins from Rust\" does not show the Client example as it is:\n{code}"
+    );
+}
