@@ -10,18 +10,26 @@
 //! `plugin.GRPCController/Shutdown`, waits up to 2 s for the plugin to exit,
 //! then kills it.
 
-use std::collections::VecDeque;
+mod log_entry;
+mod output;
+mod reattach;
+mod runner;
+mod secure;
+mod start;
+mod stdio_sync;
+
+pub use reattach::ReattachConfig;
+pub use secure::SecureConfig;
+
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use grpcio::{CallOption, EnvBuilder, Environment, RpcStatusCode};
+use grpcio::{CallOption, EnvBuilder, Environment};
 
 use crate::broker::Broker;
 use crate::env::{
@@ -29,18 +37,21 @@ use crate::env::{
     PLUGIN_UNIX_SOCKET_DIR, PLUGIN_UNIX_SOCKET_GROUP, PluginEnv,
 };
 use crate::error::{Error, Result};
-use crate::handshake::{HandshakeConfig, HandshakeLine, Network};
+use crate::handshake::{HandshakeConfig, HandshakeLine};
 use crate::health::HEALTH_SERVICE_NAME;
 use crate::listener::Listener;
-use crate::locks::{lock, wait_for};
-use crate::log_entry::StderrLog;
+use crate::locks::lock;
 use crate::proto::grpc_health::{HealthCheckRequest, HealthClient};
-use crate::proto::plugin::stdio_data::Channel as StdioChannel;
-use crate::proto::plugin::{Empty, GrpcBrokerClient, GrpcControllerClient, GrpcStdioClient};
-use crate::runner::{self, Process};
+use crate::proto::plugin::{Empty, GrpcControllerClient};
 use crate::sys;
 use crate::tls::{AutoMtls, HostCertificate};
 use crate::transport::Transport;
+
+use output::{Event, Output, Sink, read_stderr, read_stdout};
+use runner::Process;
+use secure::resolve_program;
+use start::{Connected, Dial, Starting};
+use stdio_sync::StdioSubscription;
 
 /// go-plugin's default `StartTimeout`.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -48,175 +59,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const KILL_GRACE: Duration = Duration::from_secs(2);
 /// go-plugin's default `PLUGIN_MIN_PORT`/`PLUGIN_MAX_PORT`.
 const DEFAULT_PORTS: (u16, u16) = (10_000, 25_000);
-/// A stderr or stdout line longer than this is cut (go-plugin's
-/// `PluginLogBufferSize`).
-const MAX_LINE: usize = 64 * 1024;
-/// Lines of the plugin's stderr kept for error messages.
-const TAIL_LINES: usize = 20;
-
-/// A sink for the plugin's output.
-type Sink = Box<dyn Write + Send>;
-
-/// Where to find a plugin that is already running (go-plugin's
-/// `ReattachConfig`; Terraform's `TF_REATTACH_PROVIDERS` holds these as
-/// JSON, see [`to_json`](Self::to_json)).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReattachConfig {
-    /// The plugin protocol: `grpc` (the only one goplugin speaks).
-    pub protocol: String,
-    /// The app protocol version the plugin serves.
-    pub protocol_version: u32,
-    /// Where it listens.
-    pub addr: Listener,
-    /// Its process id (0 when unknown).
-    pub pid: u32,
-    /// Test (debug) mode: the host that attaches never stops the plugin.
-    pub test: bool,
-}
-
-impl ReattachConfig {
-    /// go-plugin's JSON form: `{"Protocol":"grpc","ProtocolVersion":6,
-    /// "Addr":{"Network":"unix","String":"/tmp/plugin123"},"Pid":42,
-    /// "Test":true}`.
-    pub fn to_json(&self) -> String {
-        serde_json::json!({
-            "Protocol": self.protocol,
-            "ProtocolVersion": self.protocol_version,
-            "Addr": {"Network": self.addr.network.as_str(), "String": self.addr.address},
-            "Pid": self.pid,
-            "Test": self.test,
-        })
-        .to_string()
-    }
-
-    /// Reads go-plugin's JSON form (see [`to_json`](Self::to_json)).
-    ///
-    /// ```
-    /// let config = goplugin::ReattachConfig::from_json(
-    ///     r#"{"Protocol":"grpc","ProtocolVersion":1,"Addr":{"Network":"tcp","String":"127.0.0.1:1234"},"Pid":42,"Test":true}"#,
-    /// )?;
-    /// assert_eq!(config.addr.address, "127.0.0.1:1234");
-    /// assert_eq!(goplugin::ReattachConfig::from_json(&config.to_json())?, config);
-    /// # Ok::<(), goplugin::Error>(())
-    /// ```
-    pub fn from_json(json: &str) -> Result<ReattachConfig> {
-        let invalid = |reason: String| Error::Client {
-            plugin: "reattach".into(),
-            step: "read the reattach configuration",
-            reason,
-            printed: String::new(),
-        };
-        let value: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| invalid(format!("not JSON: {e}")))?;
-        let text = |value: &serde_json::Value, key: &str| {
-            value
-                .get(key)
-                .and_then(serde_json::Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| invalid(format!("{key} is missing or not a string")))
-        };
-        let number = |key: &str| {
-            value
-                .get(key)
-                .and_then(serde_json::Value::as_u64)
-                .and_then(|n| u32::try_from(n).ok())
-        };
-        let addr = value
-            .get("Addr")
-            .ok_or_else(|| invalid("Addr is missing".into()))?;
-        let network = match text(addr, "Network")?.as_str() {
-            "unix" => Network::Unix,
-            "tcp" => Network::Tcp,
-            other => {
-                return Err(invalid(format!(
-                    "Addr.Network {other:?} is not unix or tcp"
-                )));
-            }
-        };
-        Ok(ReattachConfig {
-            protocol: text(&value, "Protocol").unwrap_or_else(|_| "grpc".into()),
-            protocol_version: number("ProtocolVersion")
-                .ok_or_else(|| invalid("ProtocolVersion is missing".into()))?,
-            addr: Listener {
-                network,
-                address: text(addr, "String")?,
-            },
-            pid: number("Pid").unwrap_or(0),
-            test: value
-                .get("Test")
-                .and_then(serde_json::Value::as_bool)
-                .unwrap_or(false),
-        })
-    }
-}
-
-/// go-plugin's `SecureConfig`: the plugin binary must have this SHA-256,
-/// or it is not started.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecureConfig {
-    sha256: [u8; 32],
-}
-
-impl SecureConfig {
-    /// The SHA-256 the binary must have, as 64 hex digits (`sha256sum`).
-    pub fn sha256_hex(hex: &str) -> Result<SecureConfig> {
-        let hex = hex.trim();
-        let mut sha256 = [0u8; 32];
-        let valid = hex.len() == 64
-            && hex.is_ascii()
-            && sha256.iter_mut().enumerate().all(|(i, byte)| {
-                u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                    .map(|b| *byte = b)
-                    .is_ok()
-            });
-        if valid {
-            Ok(SecureConfig { sha256 })
-        } else {
-            Err(Error::Client {
-                plugin: String::new(),
-                step: "secure config",
-                reason: format!("{hex:?} is not a SHA-256 checksum (64 hex digits)"),
-                printed: String::new(),
-            })
-        }
-    }
-
-    /// The SHA-256 the binary must have.
-    pub fn sha256(sha256: [u8; 32]) -> SecureConfig {
-        SecureConfig { sha256 }
-    }
-
-    /// Checks the file at `path`: `Ok(())`, or the checksum it has.
-    fn check(&self, path: &Path) -> std::result::Result<(), String> {
-        let mut file = std::fs::File::open(path)
-            .map_err(|e| format!("cannot read {} to check it: {e}", path.display()))?;
-        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => context.update(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-            }
-        }
-        let found = context.finish();
-        if found.as_ref() == self.sha256 {
-            Ok(())
-        } else {
-            Err(format!(
-                "checksums did not match: {} has SHA-256 {}, the host expects {}",
-                path.display(),
-                hex(found.as_ref()),
-                hex(&self.sha256)
-            ))
-        }
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// How to start (or find) a plugin: go-plugin's `ClientConfig`. Get one
 /// from [`Client::builder`].
@@ -482,7 +324,7 @@ impl ClientBuilder {
             return Err(self.error("start", "no command".into()));
         };
         if let Some(secure) = &self.secure {
-            let program = resolve_program(command.get_program());
+            let program = resolve_program(command.get_program(), command.get_current_dir());
             secure
                 .check(&program)
                 .map_err(|reason| self.error("secure config", reason))?;
@@ -535,10 +377,9 @@ impl ClientBuilder {
             deadline: Instant::now() + self.start_timeout,
         };
         let line = starting.handshake_line(&event)?;
-        let sinks = (self.sync_stdout.take(), self.sync_stderr.take());
-        let connected = starting.connect(&self, line, host_cert, grpc_env, Some(&event), sinks);
-        match connected {
-            Ok(client) => Ok(client),
+        let dial = self.dial(host_cert, grpc_env);
+        match starting.connect(&line, dial, Some(&event)) {
+            Ok(connected) => Ok(Client::new(starting, connected, None)),
             Err(err) => {
                 process.kill();
                 Err(starting.with_output(err))
@@ -583,10 +424,21 @@ impl ClientBuilder {
             server_cert: None,
             multiplex: None,
         };
-        let sinks = (self.sync_stdout.take(), self.sync_stderr.take());
-        let mut client = starting.connect(&self, line.to_string(), None, grpc_env, None, sinks)?;
-        client.reattached = Some(config);
-        Ok(client)
+        let dial = self.dial(None, grpc_env);
+        let connected = starting.connect(&line.to_string(), dial, None)?;
+        Ok(Client::new(starting, connected, Some(config)))
+    }
+
+    /// What connecting takes from this configuration; the sinks move.
+    fn dial(&mut self, host_cert: Option<HostCertificate>, grpc_env: Arc<Environment>) -> Dial<'_> {
+        Dial {
+            host_env: self.host_env(),
+            sinks: (self.sync_stdout.take(), self.sync_stderr.take()),
+            versions: &self.versions,
+            tls: self.tls.as_ref(),
+            host_cert,
+            grpc_env,
+        }
     }
 
     /// go-plugin's environment for the plugin, on `command`.
@@ -625,459 +477,6 @@ impl ClientBuilder {
         }
         if let Some(group) = &self.unix_socket_group {
             command.env(PLUGIN_UNIX_SOCKET_GROUP, group);
-        }
-    }
-}
-
-/// What the plugin's output and process tell the starting host.
-enum Event {
-    Line(String),
-    StdoutClosed,
-    Exited(ExitStatus),
-}
-
-/// What the readers of the plugin's output share with the client.
-#[derive(Default)]
-struct Output {
-    /// The last lines of stderr.
-    tail: Mutex<VecDeque<String>>,
-    /// How many of stdout and stderr reached their end.
-    closed: Mutex<u8>,
-    changed: Condvar,
-}
-
-impl Output {
-    fn tail(&self) -> String {
-        lock(&self.tail).iter().map(|l| format!("{l}\n")).collect()
-    }
-
-    fn close_one(&self) {
-        *lock(&self.closed) += 1;
-        self.changed.notify_all();
-    }
-
-    /// Waits until both pipes are at their end, or `deadline`.
-    fn wait_closed(&self, deadline: Instant) -> bool {
-        wait_for(&self.closed, &self.changed, deadline, |closed| {
-            (*closed >= 2).then_some(())
-        })
-        .is_some()
-    }
-}
-
-/// Reads up to a newline, keeping at most [`MAX_LINE`] bytes of it (the
-/// rest is read and dropped). `None` at the end.
-fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> Option<()> {
-    line.clear();
-    loop {
-        let buf = match reader.fill_buf() {
-            Ok([]) if line.is_empty() => return None,
-            Ok([]) => return Some(()),
-            Ok(buf) => buf,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return if line.is_empty() { None } else { Some(()) },
-        };
-        let (chunk, found) = match buf.iter().position(|b| *b == b'\n') {
-            Some(at) => (&buf[..at], Some(at + 1)),
-            None => (buf, None),
-        };
-        let room = MAX_LINE.saturating_sub(line.len());
-        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        let used = found.unwrap_or(buf.len());
-        reader.consume(used);
-        if found.is_some() {
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            return Some(());
-        }
-    }
-}
-
-/// The stdout reader: the first line is the handshake, later ones go to
-/// the log at debug (go-plugin drops them).
-fn read_stdout(
-    stdout: impl Read + Send + 'static,
-    events: mpsc::Sender<Event>,
-    target: String,
-    output: Arc<Output>,
-) -> io::Result<()> {
-    thread::Builder::new()
-        .name("goplugin-stdout".into())
-        .spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = Vec::new();
-            let mut first = true;
-            while read_line(&mut reader, &mut line).is_some() {
-                let text = String::from_utf8_lossy(&line).into_owned();
-                if first {
-                    first = false;
-                    let _ = events.send(Event::Line(text));
-                } else {
-                    log::debug!(target: &target, "stdout: {text}");
-                }
-            }
-            let _ = events.send(Event::StdoutClosed);
-            output.close_one();
-        })
-        .map(drop)
-}
-
-/// The stderr reader: a raw copy to `sink`, each line re-emitted through
-/// `log` at its level, the last lines kept for errors.
-fn read_stderr(
-    stderr: impl Read + Send + 'static,
-    mut sink: Option<Sink>,
-    target: String,
-    output: Arc<Output>,
-) -> io::Result<()> {
-    thread::Builder::new()
-        .name("goplugin-stderr".into())
-        .spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut log = StderrLog::new(target);
-            let mut line = Vec::new();
-            while read_line(&mut reader, &mut line).is_some() {
-                if let Some(out) = &mut sink {
-                    line.push(b'\n');
-                    if out.write_all(&line).is_err() {
-                        sink = None;
-                    }
-                    line.pop();
-                }
-                let text = String::from_utf8_lossy(&line);
-                log.line(&text);
-                let mut tail = lock(&output.tail);
-                if tail.len() == TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(text.chars().take(512).collect());
-            }
-            if let Some(out) = &mut sink {
-                let _ = out.flush();
-            }
-            output.close_one();
-        })
-        .map(drop)
-}
-
-/// A start in progress.
-struct Starting {
-    name: String,
-    timeout: Duration,
-    process: Option<Process>,
-    output: Arc<Output>,
-    deadline: Instant,
-}
-
-impl Starting {
-    fn fail(&self, step: &'static str, reason: String) -> Error {
-        Error::Client {
-            plugin: self.name.clone(),
-            step,
-            reason,
-            printed: String::new(),
-        }
-    }
-
-    /// Adds what the plugin printed to a start error, once its output
-    /// ended (it has been killed) or shortly after.
-    fn with_output(&self, err: Error) -> Error {
-        let Error::Client {
-            plugin,
-            step,
-            reason,
-            printed,
-        } = err
-        else {
-            return err;
-        };
-        if self.process.is_some() {
-            self.output
-                .wait_closed(Instant::now() + Duration::from_millis(500));
-        }
-        Error::Client {
-            plugin,
-            step,
-            reason,
-            printed: if printed.is_empty() {
-                self.output.tail()
-            } else {
-                printed
-            },
-        }
-    }
-
-    /// Waits for the first stdout line; kills the plugin on failure.
-    fn handshake_line(&mut self, event: &mpsc::Receiver<Event>) -> Result<String> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        let failure = match event.recv_timeout(left) {
-            Ok(Event::Line(line)) => return Ok(line),
-            Ok(Event::StdoutClosed | Event::Exited(_)) => {
-                let status = self
-                    .process
-                    .as_ref()
-                    .and_then(|p| p.wait_until(Instant::now() + Duration::from_millis(200)));
-                let how = match status {
-                    Some(status) => format!(" ({status})"),
-                    None => " (it closed its stdout)".into(),
-                };
-                self.fail(
-                    "start",
-                    format!(
-                        "plugin exited before we could connect{how}: it printed no handshake \
-                         line on stdout"
-                    ),
-                )
-            }
-            Err(_) => self.fail(
-                "start",
-                format!(
-                    "timeout while waiting for plugin to start: no handshake line within {:?}",
-                    self.timeout
-                ),
-            ),
-        };
-        if let Some(process) = &self.process {
-            process.kill();
-        }
-        Err(self.with_output(failure))
-    }
-
-    fn exited(&self, events: Option<&mpsc::Receiver<Event>>) -> Option<String> {
-        if let Some(events) = events {
-            while let Ok(event) = events.try_recv() {
-                if let Event::Exited(status) = event {
-                    return Some(format!("the plugin exited ({status})"));
-                }
-            }
-        }
-        None
-    }
-
-    /// From a handshake line to a connected client.
-    fn connect(
-        &mut self,
-        config: &ClientBuilder,
-        line: String,
-        host_cert: Option<HostCertificate>,
-        grpc_env: Arc<Environment>,
-        events: Option<&mpsc::Receiver<Event>>,
-        sinks: (Option<Sink>, Option<Sink>),
-    ) -> Result<Client> {
-        let parsed = if events.is_some() {
-            HandshakeLine::parse(&line).map_err(|e| self.fail("handshake", e.to_string()))?
-        } else {
-            HandshakeLine::parse(&line).map_err(|e| self.fail("reattach", e.to_string()))?
-        };
-        let version = parsed.app_protocol_version;
-        if !config.versions.contains(&version) {
-            return Err(self.fail(
-                "handshake",
-                format!(
-                    "incompatible API version with plugin. Plugin version: {version}, Client \
-                     versions: {:?}",
-                    config.versions
-                ),
-            ));
-        }
-        let tls = match (host_cert, &parsed.server_cert, &config.tls) {
-            (Some(host), Some(cert), _) => Some(Arc::new(host.trust(cert)?)),
-            (Some(_), None, _) => {
-                return Err(self.fail(
-                    "handshake",
-                    "the host runs AutoMTLS, and the plugin sent no certificate (handshake \
-                     field 6): it does not support AutoMTLS; turn AutoMTLS off for it"
-                        .into(),
-                ));
-            }
-            (None, _, Some(tls)) => Some(Arc::new(tls.clone())),
-            (None, Some(_), None) => {
-                return Err(self.fail(
-                    "handshake",
-                    "the plugin sent a certificate (handshake field 6) but the host did not \
-                     ask for TLS: turn AutoMTLS on, or configure TLS"
-                        .into(),
-                ));
-            }
-            (None, None, None) => None,
-        };
-        let listener = Listener {
-            network: parsed.network.clone(),
-            address: parsed.address.clone(),
-        };
-        let transport = Arc::new(Transport::for_host(config.host_env(), tls, grpc_env));
-        let channel = transport.channel(&listener.dial_target());
-        self.check_health(&channel, &listener, events)?;
-
-        let broker = Broker::default();
-        broker.attach(Arc::clone(&transport));
-        if let Err(err) = broker.open_to_plugin(&GrpcBrokerClient::new(channel.clone())) {
-            log::debug!("plugin {}: no broker stream: {err}", self.name);
-        }
-        let stdio = subscribe_stdio(&channel, sinks.0, sinks.1, self.name.clone());
-        Ok(Client {
-            name: self.name.clone(),
-            process: self.process.take(),
-            reattached: None,
-            channel,
-            version,
-            listener,
-            broker,
-            transport,
-            output: Arc::clone(&self.output),
-            killed: Mutex::new(false),
-            stdio: Mutex::new(stdio),
-        })
-    }
-
-    /// Connects and checks health `"plugin"`. The call fails at once when
-    /// the connection cannot come up (nobody listens, TLS refused), and
-    /// waits for it otherwise, up to the start deadline; a plugin without a
-    /// health service only gets a warning, as go-plugin checks health only
-    /// in `Ping`.
-    fn check_health(
-        &self,
-        channel: &grpcio::Channel,
-        listener: &Listener,
-        events: Option<&mpsc::Receiver<Event>>,
-    ) -> Result<()> {
-        let request = HealthCheckRequest {
-            service: HEALTH_SERVICE_NAME.into(),
-            ..HealthCheckRequest::default()
-        };
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        let call = CallOption::default().timeout(left.max(Duration::from_millis(100)));
-        let status = match HealthClient::new(channel.clone()).check_opt(&request, call) {
-            Ok(_) => return Ok(()),
-            Err(grpcio::Error::RpcFailure(status)) => status,
-            Err(err) => return Err(self.fail("health check", err.to_string())),
-        };
-        let at = format!("{} {}", listener.network.as_str(), listener.address);
-        match status.code() {
-            RpcStatusCode::UNIMPLEMENTED | RpcStatusCode::NOT_FOUND => {
-                log::warn!(
-                    "plugin {}: no health service for \"plugin\" ({}): Client::ping will fail",
-                    self.name,
-                    status.message()
-                );
-                Ok(())
-            }
-            RpcStatusCode::UNAVAILABLE => {
-                let why = self.exited(events).unwrap_or_else(|| {
-                    "nothing accepts connections there, or the TLS handshake failed".into()
-                });
-                Err(self.fail(
-                    "connect",
-                    format!("cannot connect to {at}: {why} ({})", status.message()),
-                ))
-            }
-            RpcStatusCode::DEADLINE_EXCEEDED => Err(self.fail(
-                "connect",
-                format!(
-                    "timeout while waiting for plugin to start: {at} did not answer within {:?}",
-                    self.timeout
-                ),
-            )),
-            _ => Err(self.fail(
-                "health check",
-                format!(
-                    "the plugin at {at} answered {}: {}",
-                    status.code(),
-                    status.message()
-                ),
-            )),
-        }
-    }
-}
-
-/// The host's subscription to `plugin.GRPCStdio`, on a thread of its own.
-struct StdioSubscription {
-    /// Dropped to end the subscription.
-    cancel: futures::channel::oneshot::Sender<()>,
-    /// Disconnected when the thread has ended.
-    done: mpsc::Receiver<()>,
-}
-
-/// Subscribes to `plugin.GRPCStdio`, as go-plugin's host does in every
-/// `Client()`, writing what arrives to the sinks, on a thread of its own
-/// (a sink may block); with no sink, what arrives is dropped on gRPC's
-/// thread. A plugin without the service (go-plugin before 1.1, Python's
-/// example) is logged at debug.
-fn subscribe_stdio(
-    channel: &grpcio::Channel,
-    mut stdout: Option<Sink>,
-    mut stderr: Option<Sink>,
-    name: String,
-) -> Option<StdioSubscription> {
-    let client = GrpcStdioClient::new(channel.clone());
-    let mut stream = match client.stream_stdio(&protobuf::well_known_types::empty::Empty::new()) {
-        Ok(stream) => stream,
-        Err(err) => {
-            log::warn!(
-                "plugin {name}: stdio service not available, stdout/stderr syncing unavailable: {err}"
-            );
-            return None;
-        }
-    };
-    let (cancel, cancelled) = futures::channel::oneshot::channel::<()>();
-    let (finished, done) = mpsc::channel::<()>();
-    let no_sink = stdout.is_none() && stderr.is_none();
-    let receive = async move {
-        let _finished = finished;
-        let mut cancelled = cancelled;
-        loop {
-            let item = match futures::future::select(stream.next(), &mut cancelled).await {
-                futures::future::Either::Left((item, _)) => item,
-                futures::future::Either::Right(_) => break,
-            };
-            let data = match item {
-                Some(Ok(data)) => data,
-                Some(Err(grpcio::Error::RpcFailure(status)))
-                    if status.code() == RpcStatusCode::UNIMPLEMENTED =>
-                {
-                    log::debug!(
-                        "plugin {name}: no plugin.GRPCStdio service, stdout/stderr syncing \
-                         unavailable"
-                    );
-                    break;
-                }
-                Some(Err(err)) => {
-                    log::debug!("plugin {name}: stdio stream ended: {err}");
-                    break;
-                }
-                None => break,
-            };
-            let sink = match data.channel.enum_value() {
-                Ok(StdioChannel::STDOUT) => &mut stdout,
-                Ok(StdioChannel::STDERR) => &mut stderr,
-                _ => {
-                    log::warn!("plugin {name}: unknown stdio channel {:?}", data.channel);
-                    continue;
-                }
-            };
-            if let Some(out) = sink
-                && out
-                    .write_all(&data.data)
-                    .and_then(|()| out.flush())
-                    .is_err()
-            {
-                *sink = None;
-            }
-        }
-    };
-    if no_sink {
-        client.spawn(receive);
-        return Some(StdioSubscription { cancel, done });
-    }
-    let started = thread::Builder::new()
-        .name("goplugin-stdio".into())
-        .spawn(move || futures::executor::block_on(receive));
-    match started {
-        Ok(_) => Some(StdioSubscription { cancel, done }),
-        Err(err) => {
-            log::warn!("plugin: cannot start the stdio thread: {err}");
-            None
         }
     }
 }
@@ -1130,6 +529,22 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
+    fn new(starting: Starting, connected: Connected, reattached: Option<ReattachConfig>) -> Client {
+        Client {
+            name: starting.name,
+            process: starting.process,
+            reattached,
+            channel: connected.channel,
+            version: connected.version,
+            listener: connected.listener,
+            broker: connected.broker,
+            transport: connected.transport,
+            output: starting.output,
+            killed: Mutex::new(false),
+            stdio: Mutex::new(connected.stdio),
+        }
+    }
+
     /// How to start a plugin that serves `handshake` (the same constant
     /// the plugin uses).
     pub fn builder(handshake: HandshakeConfig) -> ClientBuilder {
@@ -1310,17 +725,16 @@ impl Drop for Client {
     }
 }
 
-/// `command`'s program as a path: as given when it has a slash, else the
-/// first match in `PATH` (what `Command` runs).
-fn resolve_program(program: &std::ffi::OsStr) -> PathBuf {
-    let path = Path::new(program);
-    if path.components().count() > 1 {
-        return path.to_path_buf();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Client>();
+        shared::<ReattachConfig>();
+        fn sent<T: Send>() {}
+        sent::<ClientBuilder>();
     }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| path.to_path_buf())
 }
