@@ -58,18 +58,34 @@ fn a_600_mb_message_is_refused_without_being_held() {
     }
     drop(huge);
     // gRPC frees the reset stream's buffers on its own threads, a moment
-    // after the client has its answer: the lowest RSS of the next second.
-    let mut after = rss_kb(pid);
-    for _ in 0..10 {
-        std::thread::sleep(Duration::from_millis(100));
-        after = after.min(rss_kb(pid));
-    }
-    eprintln!("plugin RSS: {before} kB before, {after} kB after a 600 MB Put");
-    // gRPC holds at most its quota (8 × (4 MiB + 64 KiB)) of the message,
-    // and kv-plugin has glibc give freed memory back.
+    // after the client has its answer, and kv-plugin gives free memory
+    // back once a second: the lowest RSS of the next two seconds.
+    let settled = || {
+        let mut lowest = rss_kb(pid);
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(100));
+            lowest = lowest.min(rss_kb(pid));
+        }
+        lowest
+    };
+    // While the stranger's connection stays open, gRPC may keep buffers of
+    // it, within the server's memory quota (8 × (4 MiB + 64 KiB)).
+    let open = settled();
+    drop(stranger);
+    let closed = settled();
+    eprintln!(
+        "plugin RSS: {before} kB before, {open} kB after a 600 MB Put with the sender's \
+         connection open, {closed} kB once it closed"
+    );
     assert!(
-        after < before + 64 * 1024,
-        "{before} kB before, {after} kB after"
+        open < before + 40 * 1024,
+        "{before} kB before, {open} kB after, connection open"
+    );
+    // Once it is gone, kv-plugin has glibc give the memory back: within a
+    // few MB of before (issue #11).
+    assert!(
+        closed < before + 8 * 1024,
+        "{before} kB before, {closed} kB after, connection closed"
     );
     host.put(&small("after"))
         .expect("the host's connection goes on");

@@ -69,6 +69,7 @@ impl Kv for KvService {
     fn put(&mut self, _ctx: RpcContext<'_>, mut req: PutRequest, sink: UnarySink<Empty>) {
         let store = Arc::clone(&self.store);
         self.pool.unary(sink, move || {
+            trim_freed_memory();
             let value = std::mem::take(&mut req.value);
             store.put(&req.key, value)?;
             Ok(Empty::default())
@@ -162,6 +163,54 @@ fn return_freed_memory() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, RETURN_FREED_BYTES);
         libc::mallopt(libc::M_TRIM_THRESHOLD, RETURN_FREED_BYTES);
     }
+}
+
+/// Free memory glibc holds in its arenas over which it is given back.
+const TRIM_OVER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Starts, at the first `Put` (when the plugin's own threads all run, so
+/// that it never takes one of theirs under a thread limit), a thread that
+/// once a second gives the OS back what glibc holds free, when that is over
+/// [`TRIM_OVER_BYTES`] and it or the plugin's resident memory grew since the
+/// last time. After gRPC refuses an oversized message, the many small buffers it
+/// freed can leave the arenas fragmented, which `M_TRIM_THRESHOLD` alone
+/// does not undo (8 to 26 MB in 1 run of 6, measured); `malloc_trim`
+/// releases the free pages wherever they are. A plugin that cannot start
+/// the thread (a thread limit) only keeps more memory.
+fn trim_freed_memory() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let _ = std::thread::Builder::new()
+            .name("kv-plugin-trim".into())
+            .spawn(|| {
+                // After the last trim: resident pages, free bytes.
+                let mut last = (0, 0);
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    // SAFETY: mallinfo2 and malloc_trim only read and tune
+                    // the allocator's own state, under its locks.
+                    let free = unsafe { libc::mallinfo2() }.fordblks;
+                    let resident = resident_pages();
+                    // Something to give back, and more than last time
+                    // (256 pages: a MiB of 4 KiB pages).
+                    if free > TRIM_OVER_BYTES
+                        && (resident > last.0 + 256 || free > last.1 + (1 << 20))
+                    {
+                        // SAFETY: as above.
+                        unsafe { libc::malloc_trim(0) };
+                        last = (resident_pages(), free);
+                    }
+                }
+            });
+    });
+}
+
+/// The plugin's resident pages (`/proc/self/statm`), 0 when unreadable.
+fn resident_pages() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn main() -> ExitCode {
