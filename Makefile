@@ -14,7 +14,7 @@ TARGET_DIR_OR_DEFAULT := $(abspath $(if $(TARGET_DIR),$(TARGET_DIR),target))
 KV_PLUGIN_BIN := $(if $(TARGET_DIR),$(TARGET_DIR),target)/release/kv-plugin
 COUNTER_PLUGIN_BIN := $(if $(TARGET_DIR),$(TARGET_DIR),target)/release/counter-plugin
 
-.PHONY: demo test deps hosts python-ref build lint doc bench bench-quick fuzz clean
+.PHONY: demo test deps hosts terraform python-ref build lint doc bench bench-quick fuzz clean
 
 ## demo: install what is missing, build, and run kv put/get (and the bidirectional
 ## counter example) through the current go-plugin host, then a get through
@@ -40,7 +40,7 @@ demo: deps hosts
 	echo "== the hosts' log of these calls: $$dir/host.log"
 
 ## test: install what is missing, then fmt, clippy, rustdoc and every test
-test: deps hosts python-ref lint doc bench-quick
+test: deps hosts terraform python-ref lint doc bench-quick
 	$(CARGO) build $(CARGO_FLAGS) --workspace --exclude greeter-plugin --bins --examples
 	$(CARGO) test $(CARGO_FLAGS) --workspace --all-targets
 	$(CARGO) test $(CARGO_FLAGS) --workspace --doc
@@ -81,6 +81,18 @@ $(GO_HOSTS) &: $(wildcard tests/fixtures/go-host/*.go tests/fixtures/go-counter-
 # go-plugin's examples at the version go.mod pins: rebuilt only when that changes.
 $(GO_EXAMPLES) &: tests/fixtures/go-host/go.mod tests/fixtures/go-examples/build.sh
 	tests/fixtures/go-examples/build.sh $(HOSTS)
+
+## terraform: OpenTofu at the pinned release, built from its Go module, and the
+## Go comparison provider on terraform-plugin-go, into .build/
+TOFU := $(BUILD)/opentofu/tofu
+GO_PROVIDER := $(BUILD)/go-provider/terraform-provider-kv
+terraform: $(TOFU) $(GO_PROVIDER)
+
+$(TOFU): tests/fixtures/opentofu/build.sh
+	tests/fixtures/opentofu/build.sh $(BUILD)/opentofu
+
+$(GO_PROVIDER): tests/fixtures/go-provider/main.go tests/fixtures/go-provider/go.mod tests/fixtures/go-provider/go.sum
+	cd tests/fixtures/go-provider && GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build -o $(CURDIR)/$(GO_PROVIDER) .
 
 python-ref: $(PYGEN)/kv_pb2.py
 

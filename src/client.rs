@@ -12,13 +12,11 @@
 
 mod log_entry;
 mod output;
-mod reattach;
 mod runner;
 mod secure;
 mod start;
 mod stdio_sync;
 
-pub use reattach::ReattachConfig;
 pub use secure::SecureConfig;
 
 use std::fmt;
@@ -43,6 +41,7 @@ use crate::listener::Listener;
 use crate::locks::lock;
 use crate::proto::grpc_health::{HealthCheckRequest, HealthClient};
 use crate::proto::plugin::{Empty, GrpcControllerClient};
+use crate::reattach::ReattachConfig;
 use crate::sys;
 use crate::tls::{AutoMtls, HostCertificate};
 use crate::transport::Transport;

@@ -82,6 +82,12 @@ impl PluginEnv {
         }
     }
 
+    /// This environment without `names`.
+    pub(crate) fn without(mut self, names: &[&str]) -> PluginEnv {
+        self.vars.retain(|name, _| !names.contains(&name.as_str()));
+        self
+    }
+
     /// The raw value of a variable, if set.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.vars.get(name).map(String::as_str)

@@ -174,6 +174,7 @@ mod locks;
 pub mod logging;
 mod mux;
 pub mod proto;
+mod reattach;
 mod server;
 mod shutdown;
 mod signals;
@@ -188,7 +189,7 @@ mod yamux;
 
 pub use blocking::{BlockingPool, answer};
 pub use broker::Broker;
-pub use client::{Client, ClientBuilder, ReattachConfig, SecureConfig};
+pub use client::{Client, ClientBuilder, SecureConfig};
 pub use env::PluginEnv;
 pub use error::{Error, Result};
 pub use grpcio;
@@ -197,6 +198,7 @@ pub use health::HEALTH_SERVICE_NAME;
 pub use listener::Listener;
 pub use log;
 pub use protobuf;
+pub use reattach::ReattachConfig;
 pub use server::{PluginServer, PluginServerBuilder, plugin_main, serve};
 pub use shutdown::ShutdownHandle;
 

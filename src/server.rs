@@ -134,6 +134,7 @@ pub struct PluginServerBuilder {
     watch_host: bool,
     shutdown_grace: Duration,
     broker: Broker,
+    debug: bool,
 }
 
 impl fmt::Debug for PluginServerBuilder {
@@ -151,9 +152,17 @@ impl fmt::Debug for PluginServerBuilder {
             .field("forward_stdio", &self.forward_stdio)
             .field("watch_host", &self.watch_host)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("debug", &self.debug)
             .finish_non_exhaustive()
     }
 }
+
+/// What a host sets that a plugin in debug mode ignores: nobody started it.
+const HOST_ONLY_VARS: [&str; 3] = [
+    crate::env::PLUGIN_PROTOCOL_VERSIONS,
+    crate::env::PLUGIN_CLIENT_CERT,
+    crate::env::PLUGIN_MULTIPLEX_GRPC,
+];
 
 impl PluginServerBuilder {
     /// Adds a service for the handshake's `protocol_version`. Repeatable.
@@ -288,6 +297,22 @@ impl PluginServerBuilder {
         self
     }
 
+    /// Debug mode, go-plugin's `ServeConfig.Test` (terraform-plugin-go's
+    /// `-debug`): the plugin is started by hand, say under a debugger, and
+    /// a host attaches to it with the [`ReattachConfig`](crate::ReattachConfig)
+    /// that [`PluginServer::reattach_config`] gives, instead of starting
+    /// it. Then `build` skips the magic cookie, serves the plugin's highest
+    /// app protocol version, without AutoMTLS or multiplexing (the host's
+    /// variables, if any, are ignored), and [`serve`](PluginServer::serve)
+    /// prints no handshake line, leaves stdout and stderr alone, does not
+    /// watch for a host, and stops on Ctrl-C (SIGINT), SIGTERM, SIGHUP or
+    /// a host's `Shutdown`. Print the reattach configuration before
+    /// `serve`. Default: false.
+    pub fn debug(mut self, debug: bool) -> Self {
+        self.debug = debug;
+        self
+    }
+
     /// Checks the environment, binds the listener and registers the
     /// services. Prints nothing.
     ///
@@ -300,8 +325,12 @@ impl PluginServerBuilder {
     /// - [`Error::Bind`]: the unix socket cannot be created;
     /// - [`Error::Grpc`]: gRPC could not build the server.
     pub fn build(mut self) -> Result<PluginServer> {
-        let env = self.env.take().unwrap_or_else(PluginEnv::from_process);
-        env.verify_cookie(&self.handshake)?;
+        let mut env = self.env.take().unwrap_or_else(PluginEnv::from_process);
+        if self.debug {
+            env = env.without(&HOST_ONLY_VARS);
+        } else {
+            env.verify_cookie(&self.handshake)?;
+        }
         // Before gRPC, which aborts the process when it runs out of them.
         check_descriptors()?;
         let version = self.negotiate(&env);
@@ -350,6 +379,7 @@ impl PluginServerBuilder {
             broker: self.broker.clone(),
             shutdown_grace: self.shutdown_grace,
             stopped: false,
+            debug: self.debug,
         })
     }
 
@@ -359,6 +389,13 @@ impl PluginServerBuilder {
         } else {
             self.services.keys().copied().collect()
         };
+        if self.debug {
+            // No host offers versions: the newest the plugin serves.
+            return supported
+                .last()
+                .copied()
+                .unwrap_or(self.handshake.protocol_version);
+        }
         let offered = env.protocol_versions();
         for entry in &offered.invalid {
             log::warn!(
@@ -433,6 +470,8 @@ pub struct PluginServer {
     shutdown_grace: Duration,
     /// Set once [`stop`](Self::stop) ran.
     stopped: bool,
+    /// See [`PluginServerBuilder::debug`].
+    debug: bool,
 }
 
 impl fmt::Debug for PluginServer {
@@ -462,6 +501,7 @@ impl PluginServer {
             watch_host: true,
             shutdown_grace: Duration::from_millis(500),
             broker: Broker::default(),
+            debug: false,
         }
     }
 
@@ -473,6 +513,20 @@ impl PluginServer {
     /// Where the server listens.
     pub fn listener(&self) -> &Listener {
         &self.listener
+    }
+
+    /// Where a host finds this plugin: go-plugin's `ReattachConfig`, with
+    /// `test` set in [debug mode](PluginServerBuilder::debug) (a host that
+    /// attaches then never stops it). Its [`to_json`](crate::ReattachConfig::to_json)
+    /// is what Terraform's `TF_REATTACH_PROVIDERS` holds for a provider.
+    pub fn reattach_config(&self) -> crate::ReattachConfig {
+        crate::ReattachConfig {
+            protocol: "grpc".into(),
+            protocol_version: self.line.app_protocol_version,
+            addr: self.listener.clone(),
+            pid: std::process::id(),
+            test: self.debug,
+        }
     }
 
     /// A handle that stops [`serve`](Self::serve) from any thread, as the
@@ -491,6 +545,9 @@ impl PluginServer {
     /// that watches for the host's death cannot start. The server is
     /// stopped again.
     pub fn serve(mut self) -> Result<()> {
+        if self.debug {
+            return self.serve_debug();
+        }
         if self.ignore_sigint {
             crate::sys::ignore_sigint();
         }
@@ -556,6 +613,27 @@ impl PluginServer {
         if let Some(capture) = capture {
             capture.finish();
         }
+        self.stop(how);
+        Ok(())
+    }
+
+    /// [`serve`](Self::serve) in debug mode: no handshake line, no stdio
+    /// capture, no watchdog; Ctrl-C stops it.
+    fn serve_debug(mut self) -> Result<()> {
+        let _signals = match signals::stop_on_signals_and_sigint(self.shutdown.clone()) {
+            Ok(registered) => registered,
+            Err(reason) => {
+                let what = "threads";
+                return self.fail(None, Error::OutOfResources { what, reason });
+            }
+        };
+        self.server.start();
+        log::info!(
+            "serving in debug mode at {} {}; Ctrl-C stops it",
+            self.listener.network.as_str(),
+            self.listener.address
+        );
+        let how = self.shutdown.wait();
         self.stop(how);
         Ok(())
     }

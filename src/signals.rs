@@ -1,4 +1,5 @@
-//! SIGTERM and SIGHUP stop the plugin as the host's `Kill()` does: calls
+//! SIGTERM and SIGHUP (and SIGINT, in debug mode) stop the plugin as the
+//! host's `Kill()` does: calls
 //! in progress are cancelled, the socket file is removed, `serve` returns.
 //! (A Go plugin dies of them at once and leaves its socket file behind.)
 //!
@@ -31,6 +32,19 @@ static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
 /// says which); nothing is registered then.
 pub(crate) fn stop_on_signals(handle: ShutdownHandle) -> Result<Registration, String> {
     INSTALLED.get_or_init(install).clone()?;
+    register(handle)
+}
+
+/// [`stop_on_signals`], and SIGINT too: for a plugin in debug mode, which
+/// a person stops with Ctrl-C. The SIGINT handler stays for the process:
+/// with no server serving, SIGINT ends it, as uncaught.
+pub(crate) fn stop_on_signals_and_sigint(handle: ShutdownHandle) -> Result<Registration, String> {
+    INSTALLED.get_or_init(install).clone()?;
+    sys::catch_sigint_as_stop().map_err(|err| format!("cannot catch SIGINT: {err}"))?;
+    register(handle)
+}
+
+fn register(handle: ShutdownHandle) -> Result<Registration, String> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     lock(&SERVING).push((id, handle));
@@ -63,7 +77,8 @@ fn install() -> Result<(), String> {
                     continue;
                 }
                 log::warn!(
-                    "signal {signal} (SIGTERM or SIGHUP): stopping, as on the host's Kill()"
+                    "signal {signal} (SIGTERM, SIGHUP, or SIGINT in debug mode): stopping, as \
+                     on the host's Kill()"
                 );
                 for (_, handle) in serving.iter() {
                     handle.shutdown_now();

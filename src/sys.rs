@@ -164,28 +164,37 @@ pub(crate) fn raise_with_default_action(signal: libc::c_int) {
 /// Where the stop-signal handler writes: the write end of a pipe, or -1.
 static STOP_SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
+/// Writes the signal's number, as one byte, to [`STOP_SIGNAL_PIPE`].
+extern "C" fn on_stop_signal(signal: libc::c_int) {
+    let fd = STOP_SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    if fd >= 0 {
+        let byte = [signal as u8];
+        // SAFETY: errno is read and restored around write(2), all
+        // async-signal-safe; one byte from a local buffer.
+        unsafe {
+            let errno = *libc::__errno_location();
+            libc::write(fd, byte.as_ptr().cast(), 1);
+            *libc::__errno_location() = errno;
+        }
+    }
+}
+
 /// Catches SIGTERM and SIGHUP with a handler that writes the signal's
 /// number, as one byte, to `pipe` (the write end of a pipe the caller keeps
 /// open for the rest of the process), so that a thread reading the other
 /// end can stop the plugin. Handlers are reset to the default in child
 /// processes at `exec`.
 pub(crate) fn catch_stop_signals(pipe: RawFd) -> io::Result<()> {
-    extern "C" fn on_stop_signal(signal: libc::c_int) {
-        let fd = STOP_SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
-        if fd >= 0 {
-            let byte = [signal as u8];
-            // SAFETY: errno is read and restored around write(2), all
-            // async-signal-safe; one byte from a local buffer.
-            unsafe {
-                let errno = *libc::__errno_location();
-                libc::write(fd, byte.as_ptr().cast(), 1);
-                *libc::__errno_location() = errno;
-            }
-        }
-    }
     STOP_SIGNAL_PIPE.store(pipe, std::sync::atomic::Ordering::Relaxed);
     set_handler(libc::SIGTERM, on_stop_signal)?;
     set_handler(libc::SIGHUP, on_stop_signal)
+}
+
+/// Has SIGINT (Ctrl-C) go the way of SIGTERM and SIGHUP, once
+/// [`catch_stop_signals`] has set up the pipe: a plugin in debug mode runs
+/// in a terminal, without a host to stop it.
+pub(crate) fn catch_sigint_as_stop() -> io::Result<()> {
+    set_handler(libc::SIGINT, on_stop_signal)
 }
 
 /// Has a plugin command, in the child between `fork` and `exec`: lead a

@@ -10,6 +10,7 @@ mod host_lifecycle;
 mod kv_store;
 mod library;
 mod matrix;
+mod opentofu;
 mod oversize;
 mod plugin_cli;
 mod rust_host;

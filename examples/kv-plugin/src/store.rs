@@ -219,6 +219,27 @@ impl Store {
         written
     }
 
+    /// Removes the value under `key`: `Ok(false)` when there was none. A
+    /// directory in its place is `FAILED_PRECONDITION`; in durable mode the
+    /// removal is on disk before this returns.
+    pub fn delete(&self, key: &str) -> Result<bool, RpcStatus> {
+        let name = self.file_name(key)?;
+        match fs::remove_file(self.dir.join(&name)) {
+            Ok(()) => {}
+            Err(err) if err.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(err) if err.raw_os_error() == Some(libc::EISDIR) => {
+                return Err(not_a_regular_file(&name, "a directory"));
+            }
+            Err(err) => return Err(io_status("remove", &name, &err)),
+        }
+        if self.durability == Durability::Durable {
+            self.dir_handle
+                .sync_all()
+                .map_err(|err| io_status("sync the directory of", &name, &err))?;
+        }
+        Ok(true)
+    }
+
     fn write_then_rename(&self, temp: &Path, name: &str, content: &[u8]) -> Result<(), RpcStatus> {
         let temp_name = temp
             .file_name()
@@ -471,6 +492,23 @@ fn io_status(action: &str, file: &str, err: &io::Error) -> RpcStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delete_removes_a_value_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Durable, 1024, b"").unwrap();
+        store.put("k", b"v".to_vec()).unwrap();
+        assert!(store.delete("k").unwrap(), "there was a value");
+        assert!(!store.delete("k").unwrap(), "there is none now");
+        assert_eq!(store.get("k").unwrap_err().code(), RpcStatusCode::NOT_FOUND);
+        fs::create_dir(dir.path().join("kv_d")).unwrap();
+        let err = store.delete("d").unwrap_err();
+        assert_eq!(err.code(), RpcStatusCode::FAILED_PRECONDITION, "{err:?}");
+        assert_eq!(
+            store.delete("a/b").unwrap_err().code(),
+            RpcStatusCode::INVALID_ARGUMENT
+        );
+    }
     use proptest::prelude::*;
 
     fn code(result: Result<impl std::fmt::Debug, RpcStatus>) -> RpcStatusCode {

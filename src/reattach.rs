@@ -1,5 +1,7 @@
 //! go-plugin's `ReattachConfig`: where a running plugin listens, and its
-//! JSON form (Terraform's `TF_REATTACH_PROVIDERS`).
+//! JSON form (Terraform's `TF_REATTACH_PROVIDERS`). A plugin in debug mode
+//! says it ([`PluginServer::reattach_config`](crate::PluginServer::reattach_config)),
+//! a host attaches with it ([`ClientBuilder::reattach`](crate::ClientBuilder::reattach)).
 
 use crate::error::{Error, Result};
 use crate::handshake::Network;
