@@ -46,21 +46,24 @@ test: deps hosts terraform python-ref lint doc bench-quick
 	$(CARGO) test $(CARGO_FLAGS) --workspace --doc
 
 ## bench: Rust vs Go vs Python KV plugins through the current go-plugin host,
-## then goplugin's Rust host vs go-plugin's Go host on the same plugins (5
-## interleaved runs each); writes bench/results/ and bench/results-hosts/
+## goplugin's Rust host vs go-plugin's Go host on the same plugins, and the
+## Rust provider vs a Go one through OpenTofu (5 interleaved runs each);
+## writes bench/results/, bench/results-hosts/ and bench/results-providers/
 BENCH_RUNS ?= 5
 BENCH_CALLS ?= 5000
 BENCH_BUILD := $(CARGO) build $(CARGO_FLAGS) --workspace --exclude greeter-plugin --bins --examples
-bench: deps hosts python-ref $(VENV)/bench-stamp
+bench: deps hosts terraform python-ref $(VENV)/bench-stamp
 	$(BENCH_BUILD)
 	$(VENV)/bin/python bench/run.py --runs $(BENCH_RUNS) --calls $(BENCH_CALLS)
 	$(VENV)/bin/python bench/run.py --hosts --runs $(BENCH_RUNS) --calls $(BENCH_CALLS) --out bench/results-hosts
+	$(VENV)/bin/python bench/providers.py --runs $(BENCH_RUNS)
 
 ## bench-quick: the same in a few hundred calls, into .build/bench* (run by `make test`)
-bench-quick: $(VENV)/bench-stamp
+bench-quick: terraform $(VENV)/bench-stamp
 	$(BENCH_BUILD)
 	$(VENV)/bin/python bench/run.py --runs 1 --calls 300 --out $(BUILD)/bench
 	$(VENV)/bin/python bench/run.py --hosts --runs 1 --calls 300 --out $(BUILD)/bench-hosts
+	$(VENV)/bin/python bench/providers.py --runs 1 --out $(BUILD)/bench-providers
 
 $(VENV)/bench-stamp: $(VENV)/stamp bench/requirements.txt
 	$(VENV)/bin/pip install --quiet -r bench/requirements.txt
