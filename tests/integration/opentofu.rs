@@ -233,6 +233,32 @@ fn life_of_a_resource(tls: bool) {
     ws.config(&item("beta", "two"));
     assert_exit(&ws.tofu(DESTROY), 0, "destroy");
     assert_eq!(ws.value("beta"), None);
+
+    // A value that exists already, taken under management.
+    fs::write(ws.dir().join("kv_found"), "there").expect("a file made by hand");
+    ws.config(&item("found", "there"));
+    let missing = ws.tofu(&[
+        "import",
+        "-input=false",
+        "-no-color",
+        "kv_item.a",
+        "nothing",
+    ]);
+    assert_exit(&missing, 1, "importing a missing value");
+    assert!(
+        missing.stderr.contains("Cannot import a missing value"),
+        "the provider's diagnostic: {}",
+        missing.stderr
+    );
+    let import = ws.tofu(&["import", "-input=false", "-no-color", "kv_item.a", "found"]);
+    assert_exit(&import, 0, "import");
+    assert_exit(
+        &ws.tofu(PLAN),
+        0,
+        "the imported item matches its configuration",
+    );
+    assert_exit(&ws.tofu(DESTROY), 0, "destroy the imported item");
+    assert_eq!(ws.value("found"), None);
 }
 
 #[test]
