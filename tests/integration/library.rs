@@ -171,6 +171,31 @@ fn build_refuses_a_missing_cookie_and_an_empty_config() {
 }
 
 #[test]
+fn debug_mode_needs_no_host_and_says_how_to_attach() {
+    // No cookie, and a host's variables that debug mode ignores.
+    let server = builder()
+        .versioned_service(2, create_kv(Fixed(b"v2")))
+        .versioned_service(5, create_kv(Fixed(b"v5")))
+        .env(PluginEnv::from_vars([
+            ("PLUGIN_PROTOCOL_VERSIONS", "2"),
+            ("PLUGIN_CLIENT_CERT", "not a certificate"),
+            ("PLUGIN_MULTIPLEX_GRPC", "true"),
+        ]))
+        .debug(true)
+        .build()
+        .expect("debug mode builds without a host");
+    let reattach = server.reattach_config();
+    assert_eq!(reattach.protocol_version, 5, "the newest version served");
+    assert!(reattach.test, "a host that attaches must not stop it");
+    assert_eq!(reattach.pid, std::process::id());
+    assert_eq!(reattach.addr, *server.listener());
+    assert_eq!(server.handshake_line().server_cert, None, "no AutoMTLS");
+    assert_eq!(server.handshake_line().multiplex, None, "no multiplexing");
+    let normal = builder().env(env("1")).build().expect("builds");
+    assert!(!normal.reattach_config().test);
+}
+
+#[test]
 fn a_shutdown_handle_stops_serve_promptly() {
     let out = Captured::default();
     let server = builder()

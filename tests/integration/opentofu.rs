@@ -342,7 +342,7 @@ fn ctrl_c_during_a_slow_apply_stops_the_provider_at_once() {
 }
 
 #[test]
-fn a_provider_outlives_no_host_killed_mid_apply() {
+fn a_provider_does_not_outlive_a_host_killed_mid_apply() {
     let ws = Workspace::new(true);
     let mut child = slow_apply(&ws);
     let providers = providers_in(ws.dir());
@@ -356,9 +356,9 @@ fn a_provider_outlives_no_host_killed_mid_apply() {
     ws.assert_nothing_left();
 }
 
-#[test]
-fn debug_mode_serves_opentofu_through_tf_reattach_providers() {
-    let ws = Workspace::new(true);
+/// `terraform-provider-kv -debug` in `ws`: the process and the value of
+/// `TF_REATTACH_PROVIDERS` it prints.
+fn start_debug(ws: &Workspace) -> (Child, String) {
     let mut provider = Command::new(example_bin("terraform-provider-kv"))
         .arg("-debug")
         .current_dir(ws.dir())
@@ -370,20 +370,34 @@ fn debug_mode_serves_opentofu_through_tf_reattach_providers() {
         .spawn()
         .expect("terraform-provider-kv -debug");
     let stdout = provider.stdout.take().expect("stdout");
-    let mut reattach = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("the provider's stdout");
-        if let Some(value) = line.trim().strip_prefix("TF_REATTACH_PROVIDERS='") {
-            reattach = Some(value.trim_end_matches('\'').to_string());
-            break;
-        }
-    }
-    let reattach = reattach.expect("the line to export");
-    let config: serde_json::Value = serde_json::from_str(&reattach).expect("JSON");
+    let mut lines = BufReader::new(stdout).lines();
+    let reattach = lines
+        .by_ref()
+        .map(|line| line.expect("the provider's stdout"))
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix("TF_REATTACH_PROVIDERS='")
+                .map(|value| value.trim_end_matches('\'').to_string())
+        })
+        .expect("the line to export");
+    thread::spawn(move || lines.for_each(drop));
+    (provider, reattach)
+}
+
+/// The provider's entry of a `TF_REATTACH_PROVIDERS` value.
+fn reattach_entry(reattach: &str) -> goplugin::ReattachConfig {
+    let config: serde_json::Value = serde_json::from_str(reattach).expect("JSON");
     let entry = config
         .get("registry.opentofu.org/goplugin/kv")
         .expect("the provider's address");
-    let entry = goplugin::ReattachConfig::from_json(&entry.to_string()).expect("go-plugin's form");
+    goplugin::ReattachConfig::from_json(&entry.to_string()).expect("go-plugin's form")
+}
+
+#[test]
+fn debug_mode_serves_opentofu_through_tf_reattach_providers() {
+    let ws = Workspace::new(true);
+    let (mut provider, reattach) = start_debug(&ws);
+    let entry = reattach_entry(&reattach);
     assert_eq!(entry.protocol, "grpc");
     assert_eq!(entry.protocol_version, 6);
     assert!(entry.test);
@@ -408,5 +422,31 @@ fn debug_mode_serves_opentofu_through_tf_reattach_providers() {
         .expect("Ctrl-C");
     let status = provider.wait().expect("the provider exits");
     assert!(status.success(), "Ctrl-C ends debug mode cleanly: {status}");
+    ws.assert_nothing_left();
+}
+
+#[test]
+fn a_debug_provider_stops_when_a_host_that_owns_it_kills_it() {
+    let ws = Workspace::new(true);
+    let (mut provider, reattach) = start_debug(&ws);
+    let mut entry = reattach_entry(&reattach);
+    // A host that takes it over rather than borrowing it.
+    entry.test = false;
+    let handshake = goplugin::HandshakeConfig {
+        protocol_version: 6,
+        magic_cookie_key: "TF_PLUGIN_MAGIC_COOKIE",
+        magic_cookie_value: "d602bf8f470bc67ca7faa0386276bbdd4330efaf76d1a219cb4d6991ca9872b2",
+    };
+    let client = goplugin::Client::builder(handshake)
+        .reattach(entry)
+        .start()
+        .expect("attach to the debug provider");
+    client.ping().expect("health");
+    client.kill();
+    let status = provider.wait().expect("the provider exits");
+    assert!(
+        status.success(),
+        "the host's Kill ends debug mode: {status}"
+    );
     ws.assert_nothing_left();
 }
