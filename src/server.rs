@@ -13,6 +13,7 @@ use crate::env::PluginEnv;
 use crate::error::{Error, Result};
 use crate::handshake::{HandshakeConfig, HandshakeLine, negotiate_version};
 use crate::listener::{Listener, Prefer};
+use crate::reattach::ReattachConfig;
 use crate::shutdown::{ShutdownHandle, Stop};
 use crate::transport::{self, Transport};
 use crate::{controller, health, signals, stdio, watchdog};
@@ -519,8 +520,8 @@ impl PluginServer {
     /// `test` set in [debug mode](PluginServerBuilder::debug) (a host that
     /// attaches then never stops it). Its [`to_json`](crate::ReattachConfig::to_json)
     /// is what Terraform's `TF_REATTACH_PROVIDERS` holds for a provider.
-    pub fn reattach_config(&self) -> crate::ReattachConfig {
-        crate::ReattachConfig {
+    pub fn reattach_config(&self) -> ReattachConfig {
+        ReattachConfig {
             protocol: "grpc".into(),
             protocol_version: self.line.app_protocol_version,
             addr: self.listener.clone(),
