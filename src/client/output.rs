@@ -152,3 +152,38 @@ pub(super) fn read_stderr(
         })
         .map(drop)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8]) -> Vec<Vec<u8>> {
+        let mut reader = BufReader::with_capacity(7, input);
+        let mut line = Vec::new();
+        let mut all = Vec::new();
+        while read_line(&mut reader, &mut line).is_some() {
+            all.push(line.clone());
+        }
+        all
+    }
+
+    #[test]
+    fn lines_split_on_newlines_with_or_without_carriage_returns() {
+        assert_eq!(
+            lines(b"1|1|unix|/s|grpc\r\nlog line\nlast without newline"),
+            [&b"1|1|unix|/s|grpc"[..], b"log line", b"last without newline"]
+        );
+        assert_eq!(lines(b""), Vec::<Vec<u8>>::new());
+        assert_eq!(lines(b"\n\n"), [&b""[..], b""]);
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_cut_and_the_next_one_read_whole() {
+        let mut input = vec![b'x'; MAX_LINE + 1000];
+        input.extend_from_slice(b"\nnext\n");
+        let read = lines(&input);
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0].len(), MAX_LINE);
+        assert_eq!(read[1], b"next");
+    }
+}
