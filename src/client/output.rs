@@ -171,7 +171,11 @@ mod tests {
     fn lines_split_on_newlines_with_or_without_carriage_returns() {
         assert_eq!(
             lines(b"1|1|unix|/s|grpc\r\nlog line\nlast without newline"),
-            [&b"1|1|unix|/s|grpc"[..], b"log line", b"last without newline"]
+            [
+                &b"1|1|unix|/s|grpc"[..],
+                b"log line",
+                b"last without newline"
+            ]
         );
         assert_eq!(lines(b""), Vec::<Vec<u8>>::new());
         assert_eq!(lines(b"\n\n"), [&b""[..], b""]);
