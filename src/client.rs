@@ -56,6 +56,8 @@ use stdio_sync::StdioSubscription;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long [`Client::kill`] gives the plugin to exit after `Shutdown`.
 const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How long a plugin that failed to start has between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_millis(200);
 /// go-plugin's default `PLUGIN_MIN_PORT`/`PLUGIN_MAX_PORT`.
 const DEFAULT_PORTS: (u16, u16) = (10_000, 25_000);
 
@@ -138,9 +140,11 @@ impl ClientBuilder {
     }
 
     /// TLS with certificates you manage (go-plugin's `TLSConfig`, for a
-    /// plugin that serves its own TLS): `trusted_pem` verifies the plugin
-    /// (and plugins dialing brokered servers of the host), `cert_pem` and
-    /// `key_pem` are presented. Ignored under AutoMTLS.
+    /// plugin that serves its own TLS): `cert_pem` and `key_pem` are
+    /// presented; `trusted_pem` verifies the plugin (and plugins dialing
+    /// brokered servers of the host), unless the plugin sends its
+    /// certificate in its handshake line: then that one is trusted, as
+    /// go-plugin's host does. Ignored under AutoMTLS.
     pub fn tls(mut self, trusted_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> ClientBuilder {
         self.tls = Some(AutoMtls::explicit(
             trusted_pem.to_vec(),
@@ -380,7 +384,7 @@ impl ClientBuilder {
         match starting.connect(&line, dial, Some(&event)) {
             Ok(connected) => Ok(Client::new(starting, connected, None)),
             Err(err) => {
-                process.kill();
+                process.terminate(STOP_GRACE);
                 Err(starting.with_output(err))
             }
         }
@@ -463,11 +467,17 @@ impl ClientBuilder {
             .env(PLUGIN_MIN_PORT, self.ports.0.to_string())
             .env(PLUGIN_MAX_PORT, self.ports.1.to_string())
             .env(PLUGIN_PROTOCOL_VERSIONS, versions)
-            .env_remove(PLUGIN_CLIENT_CERT)
-            .env_remove(crate::env::PLUGIN_MULTIPLEX_GRPC)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // What this host did not ask for must not come from its own
+        // environment (a host that is itself a plugin has them), unless
+        // set on the command on purpose.
+        for var in [PLUGIN_CLIENT_CERT, crate::env::PLUGIN_MULTIPLEX_GRPC] {
+            if !command.get_envs().any(|(name, _)| name == var) {
+                command.env_remove(var);
+            }
+        }
         if let Some(cert) = host_cert {
             command.env(PLUGIN_CLIENT_CERT, cert.pem());
         }

@@ -130,21 +130,38 @@ impl HostCertificate {
     /// Mutual TLS with the plugin whose certificate is `field`, field 6 of
     /// its handshake line (base64 DER, no padding).
     pub(crate) fn trust(self, field: &str) -> Result<AutoMtls> {
-        let der = STANDARD_NO_PAD.decode(field).map_err(|e| Error::Tls {
-            reason: format!("error parsing server cert: {e}"),
-        })?;
-        if let Err(err) = x509_parser::parse_x509_certificate(&der) {
-            return Err(Error::Tls {
-                reason: format!("the plugin's certificate (handshake field 6) is not X.509: {err}"),
-            });
-        }
         Ok(AutoMtls {
-            peer_cert_pem: der_to_pem(&der).into_bytes(),
+            peer_cert_pem: field_to_pem(field)?,
             cert_pem: self.cert_pem.into_bytes(),
             key_pem: self.key_pem.into_bytes(),
             handshake_field: String::new(),
         })
     }
+}
+
+impl AutoMtls {
+    /// This configuration with the plugin's certificate from `field`
+    /// (handshake field 6) as the one trusted, as go-plugin's host does
+    /// with a `TLSConfig` when the plugin sends a certificate.
+    pub(crate) fn trusting_field(&self, field: &str) -> Result<AutoMtls> {
+        Ok(AutoMtls {
+            peer_cert_pem: field_to_pem(field)?,
+            ..self.clone()
+        })
+    }
+}
+
+/// Handshake field 6 (base64 DER, no padding) as PEM, checked as X.509.
+fn field_to_pem(field: &str) -> Result<Vec<u8>> {
+    let der = STANDARD_NO_PAD.decode(field).map_err(|e| Error::Tls {
+        reason: format!("error parsing server cert: {e}"),
+    })?;
+    if let Err(err) = x509_parser::parse_x509_certificate(&der) {
+        return Err(Error::Tls {
+            reason: format!("the plugin's certificate (handshake field 6) is not X.509: {err}"),
+        });
+    }
+    Ok(der_to_pem(&der).into_bytes())
 }
 
 /// A DER certificate as a PEM `CERTIFICATE` block, 64 characters a line.

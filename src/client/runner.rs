@@ -162,14 +162,29 @@ impl Process {
 
     /// SIGKILL to the plugin's process group, unless it has exited.
     pub(crate) fn kill(&self) {
+        self.signal(libc::SIGKILL);
+    }
+
+    /// SIGTERM to the plugin's process group, then SIGKILL if it has not
+    /// exited within `grace`: a plugin that failed to start gets the chance
+    /// to remove its socket file (goplugin's plugins stop on SIGTERM as on
+    /// `Kill()`; Go's die of it).
+    pub(crate) fn terminate(&self, grace: std::time::Duration) {
+        self.signal(libc::SIGTERM);
+        if self.wait_until(Instant::now() + grace).is_none() {
+            self.kill();
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
         let exit = lock(&self.state.exit);
         if exit.status.is_none() {
             // Not reaped yet (that happens under this lock): the group id
             // is still the plugin's.
-            if sys::signal_group(self.pid, libc::SIGKILL).is_err()
+            if sys::signal_group(self.pid, signal).is_err()
                 && let Some(child) = &exit.child
             {
-                let _ = sys::signal_process(child.id(), libc::SIGKILL);
+                let _ = sys::signal_process(child.id(), signal);
             }
         }
     }

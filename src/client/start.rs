@@ -123,7 +123,7 @@ impl Starting {
             ),
         };
         if let Some(process) = &self.process {
-            process.kill();
+            process.terminate(super::STOP_GRACE);
         }
         Err(self.with_output(failure))
     }
@@ -172,7 +172,8 @@ impl Starting {
                         .into(),
                 ));
             }
-            (None, _, Some(tls)) => Some(Arc::new(tls.clone())),
+            (None, Some(cert), Some(tls)) => Some(Arc::new(tls.trusting_field(cert)?)),
+            (None, None, Some(tls)) => Some(Arc::new(tls.clone())),
             (None, Some(_), None) => {
                 return Err(self.fail(
                     "handshake",

@@ -800,3 +800,43 @@ fn the_readme_shows_the_compiled_host_example() {
         "README.md's \"Hosting plugins from Rust\" does not show the Client example as it is:\n{code}"
     );
 }
+
+/// A certificate and its key, PEM.
+fn certificate() -> (String, String) {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+        .expect("a self-signed certificate");
+    (made.cert.pem(), made.signing_key.serialize_pem())
+}
+
+#[test]
+fn explicit_tls_presents_the_hosts_certificate_and_trusts_the_plugins() {
+    let place = Place::new();
+    let (cert, key) = certificate();
+    // The plugin requires this certificate of its host, as under
+    // AutoMTLS, and sends its own in its handshake line.
+    let plugin = || {
+        let mut command = place.command(example_bin("kv-plugin"));
+        command.env("PLUGIN_CLIENT_CERT", &cert);
+        command
+    };
+    let client = Client::builder(HANDSHAKE)
+        .command(plugin())
+        .tls(cert.as_bytes(), cert.as_bytes(), key.as_bytes())
+        .start()
+        .expect("TLS with the host's own certificate");
+    assert!(put_get(&client, "k", b"v").starts_with(b"v"));
+    drop(client);
+    place.assert_nothing_left();
+
+    // Another certificate than the one the plugin requires: refused.
+    let (other, other_key) = certificate();
+    let err = Client::builder(HANDSHAKE)
+        .command(plugin())
+        .tls(other.as_bytes(), other.as_bytes(), other_key.as_bytes())
+        .start_timeout(Duration::from_secs(5))
+        .start()
+        .expect_err("the plugin refuses a stranger's certificate")
+        .to_string();
+    assert!(err.contains("connect"), "{err}");
+    place.assert_nothing_left();
+}
