@@ -229,9 +229,10 @@ impl ClientBuilder {
     }
 
     /// Starts the plugin (or attaches to it) and connects. On any failure
-    /// the plugin is killed and the error says at which step, and what it
-    /// printed. A plugin that exits, prints a bad line or an address
-    /// nobody listens on fails at once, not at the time-out.
+    /// the plugin is stopped (SIGTERM to its process group, SIGKILL 200 ms
+    /// later) and the error says at which step, and what it printed. A
+    /// plugin that exits, prints a bad line or an address nobody listens
+    /// on fails at once, not at the time-out.
     pub fn start(self) -> Result<Client> {
         match (self.command.is_some(), self.reattach.is_some()) {
             (true, false) => self.launch(),
