@@ -36,10 +36,10 @@ use crate::env::{
 };
 use crate::error::{Error, Result};
 use crate::handshake::{HandshakeConfig, HandshakeLine};
-use crate::health::HEALTH_SERVICE_NAME;
+use crate::health;
 use crate::listener::Listener;
 use crate::locks::lock;
-use crate::proto::grpc_health::{HealthCheckRequest, HealthClient};
+use crate::proto::grpc_health::HealthClient;
 use crate::proto::plugin::{Empty, GrpcControllerClient};
 use crate::reattach::ReattachConfig;
 use crate::sys;
@@ -269,12 +269,7 @@ impl ClientBuilder {
     }
 
     fn error(&self, step: &'static str, reason: String) -> Error {
-        Error::Client {
-            plugin: self.plugin_name(),
-            step,
-            reason,
-            printed: String::new(),
-        }
+        Error::client(self.plugin_name(), step, reason)
     }
 
     fn grpc_env(&self) -> Result<Arc<Environment>> {
@@ -404,10 +399,7 @@ impl ClientBuilder {
                 ),
             ));
         }
-        if config.pid != 0
-            && sys::signal_process(config.pid, 0)
-                .is_err_and(|e| e.raw_os_error() == Some(libc::ESRCH))
-        {
+        if config.pid != 0 && sys::process_gone(config.pid) {
             return Err(self.error(
                 "reattach",
                 format!("Reattachment process not found: no process {}", config.pid),
@@ -611,8 +603,7 @@ impl Client {
     pub fn exited(&self) -> bool {
         match (&self.process, &self.reattached) {
             (Some(process), _) => process.status().is_some(),
-            (None, Some(config)) if config.pid != 0 => sys::signal_process(config.pid, 0)
-                .is_err_and(|e| e.raw_os_error() == Some(libc::ESRCH)),
+            (None, Some(config)) if config.pid != 0 => sys::process_gone(config.pid),
             _ => false,
         }
     }
@@ -642,22 +633,14 @@ impl Client {
 
     /// go-plugin's `Ping`: the health check of service `"plugin"`.
     pub fn ping(&self) -> Result<()> {
-        let request = HealthCheckRequest {
-            service: HEALTH_SERVICE_NAME.into(),
-            ..HealthCheckRequest::default()
-        };
+        let request = health::plugin_check();
         HealthClient::new(self.channel.clone())
             .check_opt(
                 &request,
                 CallOption::default().timeout(Duration::from_secs(10)),
             )
             .map(drop)
-            .map_err(|err| Error::Client {
-                plugin: self.name.clone(),
-                step: "ping",
-                reason: err.to_string(),
-                printed: String::new(),
-            })
+            .map_err(|err| Error::client(&*self.name, "ping", err.to_string()))
     }
 
     /// Stops the plugin as go-plugin's `Kill` does: ends the broker, calls
@@ -702,14 +685,10 @@ impl Client {
                 }
             }
             (None, Some(config)) if !test && config.pid != 0 => {
-                let gone = || {
-                    sys::signal_process(config.pid, 0)
-                        .is_err_and(|e| e.raw_os_error() == Some(libc::ESRCH))
-                };
-                while !gone() && Instant::now() < deadline {
+                while !sys::process_gone(config.pid) && Instant::now() < deadline {
                     thread::sleep(Duration::from_millis(10));
                 }
-                if !gone() {
+                if !sys::process_gone(config.pid) {
                     log::warn!("plugin {}: plugin failed to exit gracefully", self.name);
                     let _ = sys::signal_process(config.pid, libc::SIGKILL);
                 }

@@ -119,6 +119,18 @@ pub enum Error {
     Handshake(io::Error),
 }
 
+impl Error {
+    /// An [`Error::Client`] that carries nothing the plugin printed.
+    pub(crate) fn client(plugin: impl Into<String>, step: &'static str, reason: String) -> Error {
+        Error::Client {
+            plugin: plugin.into(),
+            step,
+            reason,
+            printed: String::new(),
+        }
+    }
+}
+
 fn printed_tail(printed: &str) -> String {
     if printed.is_empty() {
         String::new()

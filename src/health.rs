@@ -26,6 +26,14 @@ use crate::proto::grpc_health::{
 /// The service name go-plugin's `Ping()` checks.
 pub const HEALTH_SERVICE_NAME: &str = "plugin";
 
+/// The request go-plugin's `Ping()` makes: `Check` of [`HEALTH_SERVICE_NAME`].
+pub(crate) fn plugin_check() -> HealthCheckRequest {
+    HealthCheckRequest {
+        service: HEALTH_SERVICE_NAME.into(),
+        ..HealthCheckRequest::default()
+    }
+}
+
 /// The statuses the service reports, and a way to end them at shutdown.
 #[derive(Clone, Default)]
 pub(crate) struct Health {

@@ -50,12 +50,8 @@ impl ReattachConfig {
     /// # Ok::<(), goplugin::Error>(())
     /// ```
     pub fn from_json(json: &str) -> Result<ReattachConfig> {
-        let invalid = |reason: String| Error::Client {
-            plugin: "reattach".into(),
-            step: "read the reattach configuration",
-            reason,
-            printed: String::new(),
-        };
+        let invalid =
+            |reason: String| Error::client("reattach", "read the reattach configuration", reason);
         let value: serde_json::Value =
             serde_json::from_str(json).map_err(|e| invalid(format!("not JSON: {e}")))?;
         let text = |value: &serde_json::Value, key: &str| {

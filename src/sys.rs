@@ -261,6 +261,12 @@ pub(crate) fn signal_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// Whether no process `pid` exists any more (a plugin the host reattached
+/// to, which it does not own).
+pub(crate) fn process_gone(pid: u32) -> bool {
+    signal_process(pid, 0).is_err_and(|e| e.raw_os_error() == Some(libc::ESRCH))
+}
+
 /// Sends `signal` (0: none, a check) to the process `pid`, which the caller
 /// does not own (a plugin the host reattached to).
 pub(crate) fn signal_process(pid: u32, signal: libc::c_int) -> io::Result<()> {

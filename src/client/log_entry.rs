@@ -56,7 +56,6 @@ impl StderrLog {
         if level > log::max_level() {
             return;
         }
-        let fields = fields.to_vec();
         log::logger().log(
             &Record::builder()
                 .level(level)

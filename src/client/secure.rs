@@ -28,12 +28,11 @@ impl SecureConfig {
         if valid {
             Ok(SecureConfig { sha256 })
         } else {
-            Err(Error::Client {
-                plugin: String::new(),
-                step: "secure config",
-                reason: format!("{hex:?} is not a SHA-256 checksum (64 hex digits)"),
-                printed: String::new(),
-            })
+            Err(Error::client(
+                "",
+                "secure config",
+                format!("{hex:?} is not a SHA-256 checksum (64 hex digits)"),
+            ))
         }
     }
 

@@ -13,9 +13,9 @@ use crate::broker::Broker;
 use crate::env::PluginEnv;
 use crate::error::{Error, Result};
 use crate::handshake::HandshakeLine;
-use crate::health::HEALTH_SERVICE_NAME;
+use crate::health;
 use crate::listener::Listener;
-use crate::proto::grpc_health::{HealthCheckRequest, HealthClient};
+use crate::proto::grpc_health::HealthClient;
 use crate::proto::plugin::GrpcBrokerClient;
 use crate::tls::{AutoMtls, HostCertificate};
 use crate::transport::Transport;
@@ -56,12 +56,7 @@ pub(super) struct Starting {
 
 impl Starting {
     fn fail(&self, step: &'static str, reason: String) -> Error {
-        Error::Client {
-            plugin: self.name.clone(),
-            step,
-            reason,
-            printed: String::new(),
-        }
+        Error::client(&*self.name, step, reason)
     }
 
     /// Adds what the plugin printed to a start error, once its output
@@ -146,11 +141,14 @@ impl Starting {
         dial: Dial<'_>,
         events: Option<&mpsc::Receiver<Event>>,
     ) -> Result<Connected> {
-        let parsed = if events.is_some() {
-            HandshakeLine::parse(line).map_err(|e| self.fail("handshake", e.to_string()))?
+        // Without events there is no process: the line came from a
+        // reattach configuration.
+        let step = if events.is_some() {
+            "handshake"
         } else {
-            HandshakeLine::parse(line).map_err(|e| self.fail("reattach", e.to_string()))?
+            "reattach"
         };
+        let parsed = HandshakeLine::parse(line).map_err(|e| self.fail(step, e.to_string()))?;
         let version = parsed.app_protocol_version;
         if !dial.versions.contains(&version) {
             return Err(self.fail(
@@ -220,10 +218,7 @@ impl Starting {
         listener: &Listener,
         events: Option<&mpsc::Receiver<Event>>,
     ) -> Result<()> {
-        let request = HealthCheckRequest {
-            service: HEALTH_SERVICE_NAME.into(),
-            ..HealthCheckRequest::default()
-        };
+        let request = health::plugin_check();
         let left = self.deadline.saturating_duration_since(Instant::now());
         let call = CallOption::default().timeout(left.max(Duration::from_millis(100)));
         let status = match HealthClient::new(channel.clone()).check_opt(&request, call) {
