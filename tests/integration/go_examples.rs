@@ -7,9 +7,8 @@ use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use crate::support::{Output, example_bin, go_binary, gone_within, run, tempdir};
+use crate::support::{Output, assert_nothing_left, example_bin, go_binary, run, tempdir};
 
 /// go-plugin's KV example host with `KV_PLUGIN=plugin`, in `dir`.
 fn kv_host(plugin: &Path, dir: &Path, tmp: &Path, args: &[&str]) -> Output {
@@ -55,35 +54,6 @@ fn example_host(
     run(command)
 }
 
-/// The pids of processes whose working directory is `dir`.
-fn processes_in(dir: &Path) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
-        .collect()
-}
-
-/// Every plugin started in `dir` has exited within a second of its host,
-/// and `tmp` holds no socket file.
-#[track_caller]
-fn nothing_left(dir: &Path, tmp: &Path) {
-    for pid in processes_in(dir) {
-        assert!(
-            gone_within(pid, Duration::from_secs(1)),
-            "process {pid} in {} outlived its host",
-            dir.display()
-        );
-    }
-    let left: Vec<_> = fs::read_dir(tmp)
-        .expect("tmp dir")
-        .map(|entry| entry.expect("entry").file_name())
-        .collect();
-    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
-}
-
 #[test]
 fn kv_plugin_under_go_plugins_own_kv_example_host() {
     let (dir, tmp) = (tempdir(), tempdir());
@@ -103,7 +73,7 @@ fn kv_plugin_under_go_plugins_own_kv_example_host() {
         "{}",
         out.stdout_str()
     );
-    nothing_left(dir.path(), tmp.path());
+    assert_nothing_left(dir.path(), tmp.path());
 }
 
 #[test]
@@ -120,7 +90,7 @@ fn kv_plugin_reads_what_go_plugins_own_kv_plugin_wrote() {
     out.assert_success();
     // The Go plugin's trailer, stored with the value, comes back as is.
     assert_eq!(out.stdout_str(), "from go\n\nWritten from plugin-go-grpc\n");
-    nothing_left(dir.path(), tmp.path());
+    assert_nothing_left(dir.path(), tmp.path());
 }
 
 #[test]
@@ -148,7 +118,7 @@ fn counter_plugin_under_go_plugins_own_bidirectional_example_host() {
         "{}",
         out.stdout_str()
     );
-    nothing_left(dir.path(), tmp.path());
+    assert_nothing_left(dir.path(), tmp.path());
 }
 
 #[test]
@@ -161,5 +131,5 @@ fn counter_plugin_and_go_plugins_own_counter_plugin_share_their_files() {
     let out = counter_host(&go, dir.path(), tmp.path(), &["get", "k"]);
     out.assert_success();
     assert_eq!(out.stdout_str(), "42\n");
-    nothing_left(dir.path(), tmp.path());
+    assert_nothing_left(dir.path(), tmp.path());
 }

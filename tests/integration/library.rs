@@ -1,7 +1,6 @@
 //! The library used in-process, as an embedding application would: versioned
 //! services, the shutdown handle, and blocking handlers on one connection.
 
-use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -13,31 +12,13 @@ use goplugin::{BlockingPool, Error, HandshakeConfig, PluginEnv, PluginServer};
 use kv_plugin::proto::kv::{Empty, GetRequest, GetResponse, PutRequest};
 use kv_plugin::proto::kv_grpc::{Kv, KvClient, create_kv};
 
+use crate::support::Captured;
+
 const HANDSHAKE: HandshakeConfig = HandshakeConfig {
     protocol_version: 1,
     magic_cookie_key: "TEST_COOKIE",
     magic_cookie_value: "yes",
 };
-
-/// A `Write` that tests can read back.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-}
 
 /// Answers Get with a fixed value; `put` is left unimplemented.
 #[derive(Clone)]

@@ -12,7 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{Output, alive, example_bin, gone_within, repo, run, tempdir};
+use crate::support::{
+    Output, alive, assert_nothing_left, example_bin, gone_within, processes_in, repo, run, tempdir,
+};
 
 /// The OpenTofu binary `make terraform` builds.
 fn tofu_binary() -> PathBuf {
@@ -99,42 +101,21 @@ impl Workspace {
         fs::read_to_string(self.dir().join(format!("kv_{key}"))).ok()
     }
 
-    /// No provider process in the directory, no socket in `TMPDIR`,
-    /// within a second.
+    /// No process runs in the directory within a second, then no socket
+    /// is in `TMPDIR`.
     #[track_caller]
     fn assert_nothing_left(&self) {
-        let deadline = Instant::now() + Duration::from_secs(1);
-        loop {
-            let running = providers_in(self.dir());
-            let left: Vec<_> = fs::read_dir(self.tmp.path())
-                .expect("TMPDIR")
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .collect();
-            if running.is_empty() && left.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "left behind: providers {running:?}, files {left:?}"
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+        assert_nothing_left(self.dir(), self.tmp.path());
     }
 }
 
 /// Live `terraform-provider-kv` processes working in `dir`.
 fn providers_in(dir: &Path) -> Vec<u32> {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    processes_in(dir)
+        .into_iter()
         .filter(|pid| {
             fs::read_to_string(format!("/proc/{pid}/comm"))
                 .is_ok_and(|comm| comm.trim().starts_with("terraform-provi"))
-                && fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir)
-                && alive(*pid)
         })
         .collect()
 }

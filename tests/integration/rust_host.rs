@@ -7,10 +7,10 @@
 //! the test's, both checked at the end.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,8 @@ use kv_plugin::proto::kv::{GetRequest, PutRequest};
 use kv_plugin::proto::kv_grpc::KvClient;
 
 use crate::support::{
-    Plugin, alive, cargo_example, example_bin, go_binary, gone_within, run, tempdir,
+    Captured, Plugin, alive, assert_nothing_left, cargo_example, example_bin, go_binary,
+    gone_within, processes_in, run, tempdir,
 };
 
 /// A plugin's working directory and `TMPDIR` (its sockets), both the
@@ -64,36 +65,12 @@ impl Place {
         command
     }
 
-    /// Fails unless, within a second, no process runs in the directory and
-    /// no socket (or any file) is left in `TMPDIR`.
+    /// No process runs in the directory within a second, then no socket
+    /// (or any file) is in `TMPDIR`.
     #[track_caller]
     fn assert_nothing_left(&self) {
-        let deadline = Instant::now() + Duration::from_secs(1);
-        let mut running = processes_in(self.dir());
-        while !running.is_empty() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-            running = processes_in(self.dir());
-        }
-        assert!(running.is_empty(), "processes left running: {running:?}");
-        let left: Vec<_> = fs::read_dir(self.tmp.path())
-            .expect("TMPDIR")
-            .map(|entry| entry.map(|e| e.path()))
-            .collect();
-        assert!(left.is_empty(), "files left in TMPDIR: {left:?}");
+        assert_nothing_left(self.dir(), self.tmp.path());
     }
-}
-
-/// Live processes whose working directory is `dir`.
-fn processes_in(dir: &Path) -> Vec<u32> {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
-        .filter(|pid| alive(*pid))
-        .collect()
 }
 
 /// go-plugin's own example plugins (v1.8.0, unmodified).
@@ -641,34 +618,13 @@ fn skip_host_env_passes_only_the_commands_variables() {
     place.assert_nothing_left();
 }
 
-/// A `Write` the test reads afterwards.
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Shared {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Shared {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 /// The log records of targets starting with `plugin.`, for this test
 /// binary (a `log` logger is installed once per process).
 #[derive(Default)]
-struct Records(Mutex<Vec<Captured>>);
+struct Records(Mutex<Vec<LogRecord>>);
 
 /// A record's level, target, message and key-value pairs.
-type Captured = (log::Level, String, String, Vec<(String, String)>);
+type LogRecord = (log::Level, String, String, Vec<(String, String)>);
 
 impl log::Log for Records {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
@@ -724,7 +680,7 @@ fn echo_client(place: &Place, builder: impl FnOnce(ClientBuilder) -> ClientBuild
 fn the_plugins_log_lines_arrive_as_log_records_at_their_level_with_their_fields() {
     let records = records();
     let place = Place::new();
-    let raw = Shared::default();
+    let raw = Captured::default();
     let client = echo_client(&place, |b| b.name("echo-relevel").stderr(raw.clone()));
     put_get(&client, "k", b"hello");
     client.kill();
@@ -764,7 +720,7 @@ fn the_plugins_log_lines_arrive_as_log_records_at_their_level_with_their_fields(
 #[test]
 fn the_plugins_stdout_and_stderr_reach_the_sync_sinks() {
     let place = Place::new();
-    let (out, err) = (Shared::default(), Shared::default());
+    let (out, err) = (Captured::default(), Captured::default());
     let client = echo_client(&place, |b| {
         b.sync_stdout(out.clone()).sync_stderr(err.clone())
     });

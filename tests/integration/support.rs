@@ -1,10 +1,10 @@
 //! Shared test support: where the hosts and plugins are, and running them
 //! with a watchdog.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -339,6 +339,64 @@ pub fn gone_within(pid: u32, limit: Duration) -> bool {
         thread::sleep(Duration::from_millis(5));
     }
     !alive(pid)
+}
+
+/// Live processes whose working directory is `dir`.
+pub fn processes_in(dir: &Path) -> Vec<u32> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
+/// Within a second no process runs in `dir` any more (plugins started
+/// there have exited with their host), and then `tmp`, their `TMPDIR`,
+/// holds no file: no socket was left behind.
+#[track_caller]
+pub fn assert_nothing_left(dir: &Path, tmp: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut running = processes_in(dir);
+    while !running.is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+        running = processes_in(dir);
+    }
+    assert!(
+        running.is_empty(),
+        "processes still run in {} a second later: {running:?}",
+        dir.display()
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp)
+        .expect("TMPDIR")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}
+
+/// A `Write` that tests read back (a handshake output, a host's sinks).
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// What was written, as UTF-8.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
 }
 
 /// Parses `k=v k=v` words into a lookup.
