@@ -72,6 +72,19 @@ impl StopSignal {
 }
 
 impl KvProvider {
+    /// The diagnostics for a `kv_item` configuration, resource or data
+    /// source alike; another type is `INVALID_ARGUMENT`.
+    fn validate(
+        &self,
+        type_name: &str,
+        config: &DynamicValue,
+    ) -> Result<Vec<Diagnostic>, RpcStatus> {
+        if type_name != KV_ITEM {
+            return Err(unknown_type(type_name));
+        }
+        Ok(check_config(&self.store, config))
+    }
+
     /// A provider storing in `store`, with `workers` pool threads.
     pub fn new(store: Store, workers: usize, apply_delay: Duration) -> KvProvider {
         KvProvider {
@@ -195,18 +208,12 @@ impl Provider for KvProvider {
         req: validate_resource_config::Request,
         sink: UnarySink<validate_resource_config::Response>,
     ) {
-        if req.type_name != KV_ITEM {
-            return answer(&ctx, sink, Err(unknown_type(&req.type_name)));
-        }
-        let diagnostics = check_config(&self.store, &req.config);
-        answer(
-            &ctx,
-            sink,
-            Ok(validate_resource_config::Response {
-                diagnostics,
-                ..Default::default()
-            }),
-        );
+        let checked = self.validate(&req.type_name, &req.config);
+        let response = checked.map(|diagnostics| validate_resource_config::Response {
+            diagnostics,
+            ..Default::default()
+        });
+        answer(&ctx, sink, response);
     }
 
     fn validate_data_resource_config(
@@ -215,18 +222,12 @@ impl Provider for KvProvider {
         req: validate_data_resource_config::Request,
         sink: UnarySink<validate_data_resource_config::Response>,
     ) {
-        if req.type_name != KV_ITEM {
-            return answer(&ctx, sink, Err(unknown_type(&req.type_name)));
-        }
-        let diagnostics = check_config(&self.store, &req.config);
-        answer(
-            &ctx,
-            sink,
-            Ok(validate_data_resource_config::Response {
-                diagnostics,
-                ..Default::default()
-            }),
-        );
+        let checked = self.validate(&req.type_name, &req.config);
+        let response = checked.map(|diagnostics| validate_data_resource_config::Response {
+            diagnostics,
+            ..Default::default()
+        });
+        answer(&ctx, sink, response);
     }
 
     /// Schema version 0 is the only one: the stored JSON is re-encoded.
