@@ -9,6 +9,7 @@ pub mod proto {
     goplugin::include_proto!("kv");
 }
 
+pub mod host;
 pub mod store;
 
 /// go-plugin's KV example handshake (`shared.Handshake`): what the plugin

@@ -1,5 +1,5 @@
 //! `counter-host`: go-plugin's bidirectional example host
-//! (`examples/bidirectional`), in Rust, on goplugin's [`Client`]: for a
+//! (`examples/bidirectional`), in Rust, on goplugin's [`Client`](goplugin::Client): for a
 //! `put`, the host serves `AddHelper` through the broker under a fresh id,
 //! and the plugin calls it back to add.
 //!
@@ -18,14 +18,12 @@
 //! `get` prints the count; errors print `Error: …` on stdout and exit 1, as
 //! go-plugin's host does.
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
-use counter_plugin::HANDSHAKE;
 use counter_plugin::proto::counter::{GetRequest, PutRequest, SumRequest, SumResponse};
 use counter_plugin::proto::counter_grpc::{AddHelper, CounterClient, create_add_helper};
-use goplugin::Client;
 use goplugin::grpcio::{RpcContext, UnarySink};
-use goplugin::log::LevelFilter;
+use kv_plugin::host;
 
 /// The host's `AddHelper`: what the plugin calls back.
 #[derive(Clone)]
@@ -43,30 +41,11 @@ impl AddHelper for Adder {
 }
 
 fn main() -> ExitCode {
-    let level = std::env::var("COUNTER_HOST_LOG")
-        .ok()
-        .and_then(|level| level.parse().ok())
-        .unwrap_or(LevelFilter::Warn);
-    let _ = goplugin::logging::init(level);
-    match run(std::env::args().skip(1).collect()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            println!("Error: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    host::main("COUNTER_HOST_LOG", "Error:", run)
 }
 
 fn run(args: Vec<String>) -> Result<(), String> {
-    let command = std::env::var("COUNTER_PLUGIN")
-        .map_err(|_| "set COUNTER_PLUGIN to the plugin's command line".to_string())?;
-    let mut shell = Command::new("sh");
-    shell.arg("-c").arg(command);
-    let client = Client::builder(HANDSHAKE)
-        .command(shell)
-        .auto_mtls(std::env::var("COUNTER_HOST_AUTOMTLS").as_deref() == Ok("1"))
-        .start()
-        .map_err(|err| err.to_string())?;
+    let client = host::start("COUNTER_PLUGIN", "COUNTER_HOST_AUTOMTLS")?;
     let counter = CounterClient::new(client.channel());
     match args.as_slice() {
         [command, key, ..] if command == "get" => {

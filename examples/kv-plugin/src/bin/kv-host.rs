@@ -1,5 +1,5 @@
 //! `kv-host`: go-plugin's KV example host (`examples/grpc`), in Rust, on
-//! goplugin's [`Client`]: any plugin written for go-plugin's host runs
+//! goplugin's [`Client`](goplugin::Client): any plugin written for go-plugin's host runs
 //! under this one, and the other way round.
 //!
 //! ```text
@@ -22,39 +22,18 @@
 //! go-plugin's host does.
 
 use std::io::Write;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
-use goplugin::Client;
-use goplugin::log::LevelFilter;
-use kv_plugin::HANDSHAKE;
+use kv_plugin::host;
 use kv_plugin::proto::kv::{GetRequest, PutRequest};
 use kv_plugin::proto::kv_grpc::KvClient;
 
 fn main() -> ExitCode {
-    let level = std::env::var("KV_HOST_LOG")
-        .ok()
-        .and_then(|level| level.parse().ok())
-        .unwrap_or(LevelFilter::Warn);
-    let _ = goplugin::logging::init(level);
-    match run(std::env::args().skip(1).collect()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            println!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    host::main("KV_HOST_LOG", "error:", run)
 }
 
 fn run(args: Vec<String>) -> Result<(), String> {
-    let command = std::env::var("KV_PLUGIN")
-        .map_err(|_| "set KV_PLUGIN to the plugin's command line".to_string())?;
-    let mut shell = Command::new("sh");
-    shell.arg("-c").arg(command);
-    let client = Client::builder(HANDSHAKE)
-        .command(shell)
-        .auto_mtls(std::env::var("KV_HOST_AUTOMTLS").as_deref() == Ok("1"))
-        .start()
-        .map_err(|err| err.to_string())?;
+    let client = host::start("KV_PLUGIN", "KV_HOST_AUTOMTLS")?;
     match std::env::var("KV_PROTO").as_deref() {
         Ok("grpc") | Err(_) => {}
         Ok("netrpc") => {
