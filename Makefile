@@ -14,7 +14,7 @@ TARGET_DIR_OR_DEFAULT := $(abspath $(if $(TARGET_DIR),$(TARGET_DIR),target))
 KV_PLUGIN_BIN := $(if $(TARGET_DIR),$(TARGET_DIR),target)/release/kv-plugin
 COUNTER_PLUGIN_BIN := $(if $(TARGET_DIR),$(TARGET_DIR),target)/release/counter-plugin
 
-.PHONY: demo test deps hosts terraform python-ref build lint doc bench bench-quick fuzz clean
+.PHONY: demo test deps hosts terraform python-ref proto-corpus build lint doc bench bench-quick fuzz clean
 
 ## demo: install what is missing, build, and run kv put/get (and the bidirectional
 ## counter example) through the current go-plugin host, then a get through
@@ -40,7 +40,7 @@ demo: deps hosts
 	echo "== the hosts' log of these calls: $$dir/host.log"
 
 ## test: install what is missing, then fmt, clippy, rustdoc and every test
-test: deps hosts terraform python-ref lint doc bench-quick
+test: deps hosts terraform python-ref proto-corpus lint doc bench-quick
 	$(CARGO) build $(CARGO_FLAGS) --workspace --exclude greeter-plugin --bins --examples
 	$(CARGO) test $(CARGO_FLAGS) --workspace --all-targets
 	$(CARGO) test $(CARGO_FLAGS) --workspace --doc
@@ -74,11 +74,11 @@ deps:
 
 ## hosts: the Go test hosts (kv and counter, current go-plugin and 1.0.1), the Go
 ## KV plugin, and go-plugin's own grpc and bidirectional examples, into .build/go-hosts
-GO_HOSTS := $(addprefix $(HOSTS)/,kv-host-current kv-host-101 counter-host-current counter-host-101 kv-plugin-go)
+GO_HOSTS := $(addprefix $(HOSTS)/,kv-host-current kv-host-101 counter-host-current counter-host-101 streaming-host-current kv-plugin-go)
 GO_EXAMPLES := $(addprefix $(HOSTS)/examples/,grpc/grpc grpc/plugin-go-grpc bidirectional/bidirectional bidirectional/plugin-go-grpc)
 hosts: $(GO_HOSTS) $(GO_EXAMPLES)
 
-$(GO_HOSTS) &: $(wildcard tests/fixtures/go-host/*.go tests/fixtures/go-counter-host/*.go) tests/fixtures/go-host/go.mod tests/fixtures/go-host/go.sum tests/fixtures/go-host/build.sh tests/fixtures/go-kv-plugin/main.go examples/kv-plugin/proto/kv.proto examples/counter-plugin/proto/counter.proto examples/counter-plugin/proto/lender.proto
+$(GO_HOSTS) &: $(wildcard tests/fixtures/go-host/*.go tests/fixtures/go-counter-host/*.go tests/fixtures/go-streaming-host/*.go) tests/fixtures/go-host/go.mod tests/fixtures/go-host/go.sum tests/fixtures/go-host/build.sh tests/fixtures/go-kv-plugin/main.go examples/kv-plugin/proto/kv.proto examples/counter-plugin/proto/counter.proto examples/counter-plugin/proto/lender.proto examples/streaming-plugin/proto/streaming.proto
 	tests/fixtures/go-host/build.sh $(HOSTS)
 
 # go-plugin's examples at the version go.mod pins: rebuilt only when that changes.
@@ -98,6 +98,15 @@ $(GO_PROVIDER): tests/fixtures/go-provider/main.go tests/fixtures/go-provider/go
 	cd tests/fixtures/go-provider && GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build -o $(CURDIR)/$(GO_PROVIDER) .
 
 python-ref: $(PYGEN)/kv_pb2.py
+
+## proto-corpus: real go-plugin ecosystems' .proto files at pinned versions
+## (terraform-plugin-go, go-plugin, Vault's SDK, Grafana's SDK,
+## go-kms-wrapping), from the Go module proxy into .build/proto-corpus, for
+## the codegen tests (tests/fixtures/proto-corpus)
+proto-corpus: $(BUILD)/proto-corpus/stamp
+
+$(BUILD)/proto-corpus/stamp: tests/fixtures/proto-corpus/fetch.sh
+	tests/fixtures/proto-corpus/fetch.sh $(BUILD)/proto-corpus
 
 $(VENV)/stamp: tests/fixtures/python-kv/requirements.txt
 	/usr/bin/python3 -m venv $(VENV)

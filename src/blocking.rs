@@ -241,29 +241,57 @@ impl BlockingPool {
         T: Send + 'static,
         F: FnOnce() -> Result<T, RpcStatus> + Send + 'static,
     {
-        // Whichever of running and refusing happens takes the sink.
-        let sink = Arc::new(Mutex::new(Some(sink)));
-        let refused = Arc::clone(&sink);
+        self.run_or_refuse(
+            sink,
+            move |sink| {
+                let result =
+                    catch_unwind(AssertUnwindSafe(handler)).unwrap_or_else(|_| Err(panicked()));
+                futures::executor::block_on(send(sink, result));
+            },
+            |sink, why| send_without_waiting(send(sink, Err(unavailable(why)))),
+        );
+    }
+
+    /// Runs `run(state)` on a pool thread, or, when no thread can ever run
+    /// it, `refuse(state, why)` (on the caller's thread, which may be
+    /// gRPC's: `refuse` must not wait).
+    pub(crate) fn run_or_refuse<S: Send + 'static>(
+        &self,
+        state: S,
+        run: impl FnOnce(S) + Send + 'static,
+        refuse: impl FnOnce(S, &str) + Send + 'static,
+    ) {
+        // Whichever of running and refusing happens takes the state.
+        let state = Arc::new(Mutex::new(Some(state)));
+        let refused = Arc::clone(&state);
         self.queue(Job {
             run: Box::new(move || {
-                let result = catch_unwind(AssertUnwindSafe(handler)).unwrap_or_else(|_| {
-                    Err(RpcStatus::with_message(
-                        RpcStatusCode::INTERNAL,
-                        "the plugin's handler panicked; see the plugin's log".to_string(),
-                    ))
-                });
-                if let Some(sink) = lock(&sink).take() {
-                    futures::executor::block_on(send(sink, result));
+                let taken = lock(&state).take();
+                if let Some(state) = taken {
+                    run(state);
                 }
             }),
             refuse: Box::new(move |why| {
-                if let Some(sink) = lock(&refused).take() {
-                    let status = RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, why.into());
-                    send_without_waiting(send(sink, Err(status)));
+                let taken = lock(&refused).take();
+                if let Some(state) = taken {
+                    refuse(state, why);
                 }
             }),
         });
     }
+}
+
+/// The status of a call whose handler panicked.
+pub(crate) fn panicked() -> RpcStatus {
+    RpcStatus::with_message(
+        RpcStatusCode::INTERNAL,
+        "the plugin's handler panicked; see the plugin's log".to_string(),
+    )
+}
+
+/// The status of a call no pool thread could take.
+pub(crate) fn unavailable(why: &str) -> RpcStatus {
+    RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, why.to_string())
 }
 
 /// Answers a unary call from the handler itself, on gRPC's thread: `Ok` as
@@ -306,7 +334,7 @@ static UNSENT: Mutex<Vec<Pin<Box<dyn Future<Output = ()> + Send>>>> = Mutex::new
 /// Starts sending an answer on the caller's thread, which may be gRPC's,
 /// without waiting for it: the future is polled once, and kept (in
 /// [`UNSENT`], polled again at the next such answer) while pending.
-fn send_without_waiting(answer: impl Future<Output = ()> + Send + 'static) {
+pub(crate) fn send_without_waiting(answer: impl Future<Output = ()> + Send + 'static) {
     let mut unsent = lock(&UNSENT);
     let mut context = Context::from_waker(Waker::noop());
     unsent.retain_mut(|pending| pending.as_mut().poll(&mut context).is_pending());

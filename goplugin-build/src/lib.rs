@@ -1,8 +1,8 @@
 //! Code generation for [goplugin](https://crates.io/crates/goplugin)
-//! plugins, from `build.rs`, without `protoc`.
+//! plugins and hosts, from `build.rs`, without `protoc`.
 //!
 //! One call in `build.rs` turns your `.proto` files into protobuf messages
-//! and grpcio services; one macro in your code brings them in:
+//! and grpcio services; one macro in your code brings each file in:
 //!
 //! ```no_run
 //! // build.rs
@@ -17,35 +17,94 @@
 //! goplugin::include_proto!("greeter");
 //! ```
 //!
-//! What it generates:
-//! - for every `.proto` file `NAME.proto` given to [`compile_protos`],
-//!   `$OUT_DIR/goplugin/NAME.rs` with a module `NAME` (rust-protobuf 3
-//!   messages: plain `pub` fields, `Default`, `Message`) and, when the file
-//!   declares services, a module `NAME_grpc` (grpcio's service trait,
-//!   `create_*` function and client), named as grpcio's own generator names
-//!   them;
-//! - code that reaches `grpcio` and `protobuf` through `goplugin`'s
-//!   re-exports (`::goplugin::grpcio`, `::goplugin::protobuf`): a plugin
-//!   crate depends on `goplugin` alone, and cannot end up with a second
-//!   grpcio feature set (and a second build of gRPC's C++ core);
-//! - `cargo:rerun-if-changed` for every input and every file it imports.
+//! # What it generates
 //!
-//! Imports: the well-known types (`google/protobuf/empty.proto`,
-//! `timestamp.proto`, `duration.proto`, `any.proto`, `struct.proto`,
-//! `wrappers.proto`, `field_mask.proto`, …) need no file on disk and map to
-//! `protobuf::well_known_types`. An import of one of your own files needs
-//! that file found in `includes` and compiled too (listed in `protos`), and
-//! its own `include_proto!` next to the one that imports it (generated code
-//! names it `super::NAME`).
+//! For every proto file, the ones given and every file they import, one
+//! file under `$OUT_DIR/goplugin/` holding:
+//! - a module named after the file (`greeter`; `github.com.acme.thing.proto`
+//!   gives `github_com_acme_thing`), with its messages and enums as
+//!   rust-protobuf 3 generates them (plain `pub` fields, `Default`,
+//!   `Message`; proto2 required fields are checked when a message is
+//!   decoded);
+//! - when it declares services, a module `NAME_grpc` with, per service
+//!   `Foo`: the trait `Foo` (one method per RPC, each answering
+//!   `UNIMPLEMENTED` until you write it), `create_foo(impl Foo) ->
+//!   grpcio::Service`, and `FooClient` (per RPC `method`, `method_opt`, and
+//!   for unary RPCs `method_async`, `method_async_opt`), the API grpcio's own
+//!   generator gives.
+//!
+//! Generated code reaches `grpcio` and `protobuf` through `goplugin`'s
+//! re-exports (`::goplugin::grpcio`, `::goplugin::protobuf`): a crate
+//! depends on `goplugin` alone, and cannot end up with a second grpcio
+//! feature set (and a second build of gRPC's C++ core). `cargo:rerun-if-changed`
+//! is printed for every file read.
+//!
+//! # Names
+//!
+//! - Service and method names follow grpcio's generator: `service KV` →
+//!   `Kv`, `KvClient`, `create_kv`; `rpc GetValue` → `get_value`.
+//! - A name that is a Rust keyword or reserved word gets a trailing `_`,
+//!   as rust-protobuf does for fields: `rpc Type` → `type_` (with
+//!   `type_opt`, `type_async`), `rpc Match` → `match_`, `service Self` →
+//!   `Self_`. A client method whose name another one already has (`rpc
+//!   GetOpt` next to `rpc Get`'s `get_opt`), or the client's own (`new`,
+//!   `spawn`, `clone`), gets a `_` too. The wire paths (`/pkg.Service/Type`)
+//!   are always the proto's.
+//! - `include_proto!` takes the file's name without `.proto`, as written:
+//!   `include_proto!("github.com.acme.thing")`, or with the directories
+//!   it has under its include path, `include_proto!("sdk/logical/identity")`;
+//!   a file whose name no other generated file has can also be named
+//!   without its directories (`include_proto!("identity")`).
+//!
+//! # Imports
+//!
+//! A file that a given file imports is found in `includes` and generated
+//! too, without being listed. The well-known types
+//! (`google/protobuf/empty.proto`, `timestamp.proto`, `duration.proto`,
+//! `any.proto`, `struct.proto`, `wrappers.proto`, `field_mask.proto`,
+//! `descriptor.proto`, …) need no file on disk: they are the `protobuf`
+//! crate's.
+//!
+//! Generated code names an imported file's module as `super::MODULE`, so
+//! each imported file is brought in next to the one that imports it:
+//!
+//! ```text
+//! goplugin::include_proto!("backend");   // imports sdk/logical/identity.proto
+//! goplugin::include_proto!("identity");
+//! ```
+//!
+//! Forgetting one is a compile error on a line of the generated code that
+//! says which `include_proto!` to add.
+//!
+//! Two files of one name in different directories (`foo/v1/types.proto`,
+//! `bar/v1/types.proto`) are both generated; each is included by its path
+//! (`include_proto!("foo/v1/types")`), in a Rust module of its own since
+//! both are module `types`. The short name (`include_proto!("types")`)
+//! is then a compile error that lists both paths.
+//!
+//! # What is refused
+//!
+//! With a message that names the file, line and column: syntax and type
+//! errors, duplicate field numbers, an import found in no include path,
+//! proto2 groups (rust-protobuf would leave the field out), and a file
+//! that imports two files of one name (both would be `super::NAME`).
 
 #![deny(missing_docs)]
 
-use std::collections::BTreeMap;
-use std::fmt;
+mod check;
+mod error;
+mod imports;
+mod messages;
+mod names;
+mod services;
+mod source;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use protobuf::descriptor::{DescriptorProto, FileDescriptorProto};
+pub use error::Error;
+use imports::ProtoFile;
 
 /// Generates code for `protos`, looking up imports in `includes`, into
 /// `$OUT_DIR/goplugin`, for code that depends on the `goplugin` crate.
@@ -61,29 +120,6 @@ pub fn compile_protos(
 ) -> Result<(), Error> {
     Builder::new().compile(protos, includes)
 }
-
-/// What went wrong, in words that name the file (and, for a syntax or type
-/// error, the line and column) to fix.
-#[derive(Debug)]
-pub struct Error {
-    message: String,
-}
-
-impl Error {
-    fn new(message: impl Into<String>) -> Error {
-        Error {
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Error {}
 
 /// Options for the generator. Made by [`Builder::new`].
 #[derive(Debug, Clone)]
@@ -126,21 +162,26 @@ impl Builder {
         self
     }
 
-    /// Whether to print `cargo:rerun-if-changed` for every input and every
-    /// file it imports, as a build script should. Default: true.
+    /// Whether to print `cargo:rerun-if-changed` for every file read, as a
+    /// build script should. Default: true.
     pub fn rerun_if_changed(mut self, print: bool) -> Builder {
         self.rerun_if_changed = print;
         self
     }
 
-    /// Parses `protos` (paths as given, each inside one of `includes`),
-    /// then writes one `NAME.rs` per proto into the output directory.
+    /// Parses `protos` (paths as given, each inside one of `includes`) and
+    /// the files they import, then writes one `.rs` file per proto file
+    /// into the output directory (see the [crate docs](crate)).
     ///
     /// # Errors
-    /// - a proto is not inside any of `includes`, cannot be read, or two
-    ///   protos have the same file name (their modules would clash);
-    /// - a syntax or type error: the message names the file, line and
-    ///   column;
+    /// Each names what to fix:
+    /// - a proto is not inside any of `includes`, cannot be read, or
+    ///   imports a file found in none of them (the importing file, its line,
+    ///   and the paths searched);
+    /// - a syntax or type error, a duplicate field number or name, a proto2
+    ///   group: file, line and column, what was found and what was expected;
+    /// - a file imports two files of one name, or two services of a file
+    ///   would have the same Rust names;
     /// - `OUT_DIR` is not set (outside a build script, give
     ///   [`out_dir`](Self::out_dir)), or the output cannot be written.
     pub fn compile(
@@ -151,7 +192,7 @@ impl Builder {
         let protos: Vec<&Path> = protos.iter().map(AsRef::as_ref).collect();
         let includes: Vec<&Path> = includes.iter().map(AsRef::as_ref).collect();
         if protos.is_empty() {
-            return Err(Error::new("goplugin-build: no .proto file to compile"));
+            return Err(Error::new("no .proto file to compile"));
         }
         let out_dir = match self.out_dir.clone() {
             Some(dir) => dir,
@@ -159,418 +200,226 @@ impl Builder {
                 .map(|dir| PathBuf::from(dir).join("goplugin"))
                 .ok_or_else(|| {
                     Error::new(
-                        "goplugin-build: OUT_DIR is not set: call it from build.rs, \
-                         or give Builder::out_dir",
+                        "OUT_DIR is not set: call it from build.rs, or give Builder::out_dir",
                     )
                 })?,
         };
-        for proto in &protos {
-            if !proto.is_file() {
-                return Err(Error::new(format!(
-                    "goplugin-build: {} does not exist or is not a file",
-                    proto.display()
-                )));
+
+        let files = imports::walk(&protos, &includes)?;
+        if self.rerun_if_changed {
+            for file in &files {
+                println!("cargo:rerun-if-changed={}", file.path.display());
             }
         }
+        check_modules(&files)?;
         let parsed = protobuf_parse::Parser::new()
             .pure()
             .includes(&includes)
-            .inputs(&protos)
+            .inputs(files.iter().map(|f| &f.path))
             .parse_and_typecheck()
-            .map_err(|e| Error::new(format!("goplugin-build: {}", parse_error(&e))))?;
-        if self.rerun_if_changed {
-            print_rerun_if_changed(&protos, &includes, &parsed.file_descriptors);
-        }
-        let inputs: Vec<String> = parsed
-            .relative_paths
-            .iter()
-            .map(|path| path.to_str().to_string())
-            .collect();
-        let mut modules = BTreeMap::new();
-        for input in &inputs {
-            let module = file_stem(input);
-            if let Some(other) = modules.insert(module.clone(), input.clone()) {
-                return Err(Error::new(format!(
-                    "goplugin-build: {other} and {input} would both be module `{module}`: \
-                     rename one of them"
-                )));
-            }
-        }
+            .map_err(|e| Error::new(check::parse_error(&e, &files)))?;
+        check::groups(&parsed.file_descriptors, &files).map_err(Error::new)?;
 
-        fs::create_dir_all(&out_dir).map_err(|e| write_error(&out_dir, e))?;
-        let messages_dir = out_dir.join("messages");
-        if messages_dir.exists() {
-            fs::remove_dir_all(&messages_dir).map_err(|e| write_error(&messages_dir, e))?;
+        fs::create_dir_all(&out_dir).map_err(|e| Error::write(&out_dir, e))?;
+        let messages = messages::generate(&files, &includes, &out_dir, &self.runtime)?;
+        let types = services::type_paths(&parsed.file_descriptors, &self.runtime);
+        let mut outputs = BTreeMap::new();
+        for file in &files {
+            let descriptor = parsed
+                .file_descriptors
+                .iter()
+                .find(|d| d.name() == file.name)
+                .ok_or_else(|| {
+                    Error::new(format!("the parser gave no descriptor for {}", file.name))
+                })?;
+            let services = services::generate(descriptor, &types, &self.runtime)
+                .map_err(|e| Error::new(format!("{}: {e}", file.path.display())))?;
+            let code = file_code(file, &messages[&file.name], services.as_deref(), &files);
+            outputs.insert(file.name.clone(), code);
         }
-        fs::create_dir_all(&messages_dir).map_err(|e| write_error(&messages_dir, e))?;
-        protobuf_codegen::Codegen::new()
-            .pure()
-            .includes(&includes)
-            .inputs(&protos)
-            .out_dir(&messages_dir)
-            .customize(protobuf_codegen::Customize::default().gen_mod_rs(false))
-            .run()
-            .map_err(|e| Error::new(format!("goplugin-build: cannot generate messages: {e:#}")))?;
-
-        let services = generate_services(&parsed.file_descriptors, &inputs)?;
-        let paths = message_paths(&parsed.file_descriptors, &self.runtime);
-        for (stem, input) in &modules {
-            // rust-protobuf 3 escapes a keyword with `_` (`type_`).
-            let module = escape_keyword(stem);
-            let generated = messages_dir.join(format!("{module}.rs"));
-            let messages = fs::read_to_string(&generated).map_err(|e| {
-                Error::new(format!(
-                    "goplugin-build: the generator wrote no {} for {input}: {e}",
-                    generated.display()
-                ))
-            })?;
-            let mut out = format!(
-                "// Generated by goplugin-build from {input}. Do not edit.\n\n{ALLOW}\npub mod {module} {{\n{}}}\n",
-                strip_inner_attributes(&rewrite_crate(&messages, "protobuf", &self.runtime, false))
-            );
-            if let Some(service) = services.get(input) {
-                let service = rewrite_crate(service, "grpcio", &self.runtime, true);
-                let service = rewrite_message_paths(&service, &paths);
-                out.push_str(&format!(
-                    "\n{ALLOW}\npub mod {stem}_grpc {{\n{}}}\n",
-                    strip_inner_attributes(&service)
-                ));
-            }
-            let path = out_dir.join(format!("{stem}.rs"));
-            fs::write(&path, out).map_err(|e| write_error(&path, e))?;
-        }
-        fs::remove_dir_all(&messages_dir).map_err(|e| write_error(&messages_dir, e))
+        write_outputs(&out_dir, &files, &outputs)
     }
 }
 
 /// The lints generated code is exempt from, whatever the crate denies.
-const ALLOW: &str = "#[allow(warnings, missing_docs, unreachable_pub, clippy::all, clippy::pedantic, clippy::nursery)]\n#[rustfmt::skip]";
+const ALLOW: &str = "#[allow(warnings, missing_docs, unreachable_pub, unused_imports, clippy::all, clippy::pedantic, clippy::nursery)]\n#[rustfmt::skip]";
 
-/// The parser's error chain without its repeats, with the line of the
-/// name it complains about when the parser gives no position (type
-/// errors such as an unknown type or a duplicate field name).
-fn parse_error(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&cause);
-        }
+/// What `include_proto!` brings in for one file.
+fn file_code(
+    file: &ProtoFile,
+    messages: &str,
+    services: Option<&str>,
+    files: &[ProtoFile],
+) -> String {
+    let module = names::file_module(&file.name);
+    let mut out = format!(
+        "// Generated by goplugin-build from {}. Do not edit.\n\n{ALLOW}\npub mod {module} {{\n",
+        file.name
+    );
+    // An import not brought in is an error on this line, which says what
+    // to do (rust-protobuf's code names it as `super::MODULE` further on).
+    for import in &file.imports {
+        let _ = files;
+        out.push_str(&format!(
+            "use super::{} as _; // {} imports {}: add goplugin::include_proto!(\"{}\") next to include_proto!(\"{}\")\n",
+            names::file_module(import),
+            file.name,
+            import,
+            include_name(import),
+            include_name(&file.name),
+        ));
     }
-    let text = text
-        .strip_prefix("using pure parser: ")
-        .unwrap_or(&text)
-        .to_string();
-    match locate(&text) {
-        Some(place) => format!("{text} (at {place})"),
-        None => text,
+    out.push_str(messages);
+    out.push_str("}\n");
+    if let Some(services) = services {
+        out.push_str(&format!(
+            "\n{ALLOW}\npub mod {}_grpc {{\n{services}}}\n",
+            names::file_stem(&file.name)
+        ));
     }
-}
-
-/// `FILE:LINE` of the first name quoted in `message`, for a message about a
-/// file (`error in `FILE`: …`) that has no `at LINE:COLUMN` of its own.
-fn locate(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("error in `")?;
-    let (file, detail) = rest.split_once("`: ")?;
-    if detail.starts_with("at ") {
-        return None;
-    }
-    let name = detail.split('`').nth(1)?;
-    let name = name.rsplit('.').next().filter(|n| !n.is_empty())?;
-    let text = fs::read_to_string(file).ok()?;
-    let line = text.lines().position(|line| {
-        line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .any(|word| word == name)
-    })?;
-    Some(format!("{file}:{}", line + 1))
-}
-
-fn write_error(path: &Path, e: std::io::Error) -> Error {
-    Error::new(format!(
-        "goplugin-build: cannot write {}: {e}",
-        path.display()
-    ))
-}
-
-/// The words rust-protobuf 3 escapes in names (with a `_` suffix), its own
-/// list; rust-protobuf 2, whose names grpcio's generator uses, escapes the
-/// same but `_` in file modules (with `_pb`).
-const KEYWORDS: &[&str] = &[
-    "_", "abstract", "alignof", "as", "async", "await", "become", "box", "break", "const",
-    "continue", "crate", "do", "dyn", "else", "enum", "extern", "false", "final", "fn", "for",
-    "if", "impl", "in", "let", "loop", "macro", "match", "mod", "move", "mut", "offsetof",
-    "override", "priv", "proc", "pub", "pure", "ref", "return", "Self", "self", "sizeof", "static",
-    "struct", "super", "trait", "true", "type", "typeof", "unsafe", "unsized", "use", "virtual",
-    "where", "while", "yield",
-];
-
-/// `name`, or `name_` when it is a keyword, as rust-protobuf 3 names modules.
-fn escape_keyword(name: &str) -> String {
-    if KEYWORDS.contains(&name) {
-        format!("{name}_")
-    } else {
-        name.to_string()
-    }
-}
-
-/// The file module grpcio's generator names (rust-protobuf 2's rule).
-fn grpcio_module(proto: &str) -> String {
-    let stem = file_stem(proto);
-    if stem != "_" && KEYWORDS.contains(&stem.as_str()) {
-        format!("{stem}_pb")
-    } else {
-        stem
-    }
-}
-
-/// The name of a proto file's module before keyword escaping, and of the
-/// file `include_proto!` takes: the file name without `.proto`, other
-/// characters than letters, digits and `_` replaced by `_`.
-fn file_stem(proto: &str) -> String {
-    let name = proto.rsplit('/').next().unwrap_or(proto);
-    let name = name.strip_suffix(".proto").unwrap_or(name);
-    name.chars()
-        .enumerate()
-        .map(|(i, c)| {
-            let valid = c == '_' || c.is_ascii_alphanumeric();
-            if valid && !(i == 0 && c.is_ascii_digit()) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-fn print_rerun_if_changed(protos: &[&Path], includes: &[&Path], files: &[FileDescriptorProto]) {
-    for proto in protos {
-        println!("cargo:rerun-if-changed={}", proto.display());
-    }
-    // Imports, where they are on disk (the well-known types are not).
-    for file in files {
-        if let Some(found) = includes
-            .iter()
-            .map(|include| include.join(file.name()))
-            .find(|path| path.is_file())
-        {
-            println!("cargo:rerun-if-changed={}", found.display());
-        }
-    }
-}
-
-/// grpcio's service code for every input that declares a service, by the
-/// input's relative path.
-///
-/// grpcio-compiler reads protobuf 2 descriptors; the descriptor's wire
-/// format is the same in both majors, so each file's descriptor is encoded
-/// with protobuf 3 and decoded with protobuf 2.
-fn generate_services(
-    files: &[FileDescriptorProto],
-    inputs: &[String],
-) -> Result<BTreeMap<String, String>, Error> {
-    let mut descriptors = Vec::with_capacity(files.len());
-    for file in files {
-        let bytes = protobuf::Message::write_to_bytes(file).map_err(|e| {
-            Error::new(format!(
-                "goplugin-build: cannot encode the descriptor of {}: {e}",
-                file.name()
-            ))
-        })?;
-        let file: protobuf2::descriptor::FileDescriptorProto =
-            protobuf2::Message::parse_from_bytes(&bytes).map_err(|e| {
-                Error::new(format!("goplugin-build: cannot decode a descriptor: {e}"))
-            })?;
-        descriptors.push(file);
-    }
-    let mut services = BTreeMap::new();
-    for result in grpcio_compiler::codegen::r#gen(&descriptors, inputs) {
-        let module = result.name.strip_suffix("_grpc.rs").unwrap_or(&result.name);
-        let content = String::from_utf8(result.content)
-            .map_err(|e| Error::new(format!("goplugin-build: service code is not UTF-8: {e}")))?;
-        let input = inputs
-            .iter()
-            .find(|input| grpcio_module(input) == module)
-            .ok_or_else(|| {
-                Error::new(format!(
-                    "goplugin-build: grpcio's generator wrote {} for none of {inputs:?}",
-                    result.name
-                ))
-            })?;
-        services.insert(input.clone(), content);
-    }
-    Ok(services)
-}
-
-/// Every message's path as grpcio's generator writes it (protobuf 2
-/// names: `file::Outer_Inner`) mapped to the path rust-protobuf 3 gives it
-/// (`file::outer::Inner`, or the well-known type in the runtime's
-/// `protobuf::well_known_types`).
-fn message_paths(files: &[FileDescriptorProto], runtime: &str) -> BTreeMap<String, String> {
-    fn walk(
-        messages: &[DescriptorProto],
-        v2_prefix: &str,
-        v3_prefix: &str,
-        paths: &mut BTreeMap<String, String>,
-    ) {
-        for message in messages {
-            let name = message.name();
-            paths.insert(format!("{v2_prefix}{name}"), format!("{v3_prefix}{name}"));
-            let nested = escape_keyword(&protobuf_parse::snake_case(name));
-            let nested_v3 = format!("{v3_prefix}{nested}::");
-            walk(
-                &message.nested_type,
-                &format!("{v2_prefix}{name}_"),
-                &nested_v3,
-                paths,
-            );
-        }
-    }
-    let mut paths = BTreeMap::new();
-    for file in files {
-        let module = escape_keyword(&file_stem(file.name()));
-        let v2 = format!("super::{}::", grpcio_module(file.name()));
-        let v3 = match file.name() {
-            "google/protobuf/descriptor.proto" => format!("{runtime}::protobuf::descriptor::"),
-            name if name.starts_with("google/protobuf/") => {
-                format!("{runtime}::protobuf::well_known_types::{module}::")
-            }
-            _ => format!("super::{module}::"),
-        };
-        walk(&file.message_type, &v2, &v3, &mut paths);
-    }
-    paths
-}
-
-/// Replaces each `super::…` path of `paths` in `code`, whole paths only.
-fn rewrite_message_paths(code: &str, paths: &BTreeMap<String, String>) -> String {
-    let mut out = String::with_capacity(code.len());
-    let mut rest = code;
-    while let Some(at) = rest.find("super::") {
-        out.push_str(&rest[..at]);
-        let tail = &rest[at..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-            .unwrap_or(tail.len());
-        let path = &tail[..end];
-        out.push_str(paths.get(path).map_or(path, String::as_str));
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
     out
 }
 
-/// Replaces the crate path `::krate::…` with `runtime::krate::…`, and, with
-/// `bare`, `krate::…` too (grpcio's generator writes
-/// `grpcio::unimplemented_call!`; rust-protobuf 3 always writes the leading
-/// `::`, and its relative paths such as a nested `protobuf::` module of a
-/// message named `Protobuf` must stay).
-fn rewrite_crate(code: &str, krate: &str, runtime: &str, bare: bool) -> String {
-    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let needle = format!("{krate}::");
-    let mut out = String::with_capacity(code.len());
-    let mut rest = code;
-    while let Some(at) = rest.find(&needle) {
-        let before = &rest[..at];
-        let (kept, prefix) = match before.strip_suffix("::") {
-            // `::krate::`, unless it is `a::krate::`, somebody's module.
-            Some(head) if !head.ends_with(is_ident) => (head, true),
-            Some(_) => (before, false),
-            None => (before, bare && !before.ends_with(is_ident)),
-        };
-        out.push_str(kept);
-        if prefix {
-            out.push_str(runtime);
-            out.push_str("::");
-        }
-        out.push_str(&needle);
-        rest = &rest[at + needle.len()..];
-    }
-    out.push_str(rest);
-    out
+/// The name `include_proto!` takes for a file: its name without `.proto`.
+fn include_name(proto: &str) -> &str {
+    proto.strip_suffix(".proto").unwrap_or(proto)
 }
 
-/// Drops the generated files' inner attributes and module docs (`#![…]`,
-/// `//!`): they cannot stand inside the `mod` block that wraps the file.
-fn strip_inner_attributes(code: &str) -> String {
-    code.lines()
-        .filter(|line| {
-            let line = line.trim_start();
-            !(line.starts_with("#![") || line.starts_with("//!"))
-        })
-        .map(|line| format!("{line}\n"))
-        .collect()
+/// Refuses a file that imports two files of one module name, or one of
+/// its own name: generated code could not tell them apart.
+fn check_modules(files: &[ProtoFile]) -> Result<(), Error> {
+    for file in files {
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        seen.insert(names::file_module(&file.name), &file.name);
+        for import in &file.imports {
+            if let Some(other) = seen.insert(names::file_module(import), import) {
+                return Err(Error::new(format!(
+                    "{} imports {import}, and {}, whose generated modules would both be `{}`: \
+                     rename one of the two files",
+                    file.path.display(),
+                    if other == file.name {
+                        "is itself a file".to_string()
+                    } else {
+                        format!("imports {other}")
+                    },
+                    names::file_module(import)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes each file's code under its name (`sdk/logical/identity.rs`),
+/// and under its short names (`identity.rs`, and the module's name when it
+/// differs) where no other file claims them.
+fn write_outputs(
+    out_dir: &Path,
+    files: &[ProtoFile],
+    outputs: &BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let primary: BTreeSet<String> = files
+        .iter()
+        .map(|f| include_name(&f.name).to_string())
+        .collect();
+    // Each short name with the files that would have it.
+    let mut short: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    for file in files {
+        let base = include_name(&file.name)
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        for name in [base, names::file_stem(&file.name)] {
+            if !primary.contains(&name) {
+                short.entry(name).or_default().insert(&file.name);
+            }
+        }
+    }
+    let write = |name: &str, text: &str| -> Result<(), Error> {
+        let path = out_dir.join(format!("{name}.rs"));
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::write(parent, e))?;
+        }
+        fs::write(&path, text).map_err(|e| Error::write(&path, e))
+    };
+    for file in files {
+        write(include_name(&file.name), &outputs[&file.name])?;
+    }
+    for (name, owners) in &short {
+        let owners: Vec<&str> = owners.iter().copied().collect();
+        if let [only] = owners.as_slice() {
+            write(name, &outputs[*only])?;
+        } else {
+            let paths: Vec<String> = owners
+                .iter()
+                .map(|o| format!("include_proto!(\"{}\")", include_name(o)))
+                .collect();
+            write(
+                name,
+                &format!(
+                    "compile_error!(\"goplugin-build: {} are all `{name}`: include each by its path, \
+                     in a module of its own: {}\");\n",
+                    owners.join(", "),
+                    paths.join(", ").replace('"', "\\\"")
+                ),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn module_names_follow_the_generators() {
-        assert_eq!(file_stem("greeter.proto"), "greeter");
-        assert_eq!(file_stem("a/b/my-api.v1.proto"), "my_api_v1");
-        assert_eq!(file_stem("google/protobuf/empty.proto"), "empty");
-        assert_eq!(escape_keyword("type"), "type_");
-        assert_eq!(grpcio_module("google/protobuf/struct.proto"), "struct_pb");
-        assert_eq!(escape_keyword("greeter"), "greeter");
-    }
-
-    #[test]
-    fn crate_paths_go_through_the_runtime() {
-        let code = "::protobuf::Message; x::protobuf::y; <::protobuf::A> myprotobuf::z";
-        assert_eq!(
-            rewrite_crate(code, "protobuf", "::goplugin", true),
-            "::goplugin::protobuf::Message; x::protobuf::y; <::goplugin::protobuf::A> myprotobuf::z"
-        );
-        assert_eq!(
-            rewrite_crate("(protobuf::Inner, ::protobuf::M)", "protobuf", "::g", false),
-            "(protobuf::Inner, ::g::protobuf::M)"
-        );
-        assert_eq!(
-            rewrite_crate(
-                "{\n    grpcio::unimplemented_call!(ctx)",
-                "grpcio",
-                "crate",
-                true
-            ),
-            "{\n    crate::grpcio::unimplemented_call!(ctx)"
-        );
-    }
-
-    #[test]
-    fn service_paths_become_protobuf_3_paths() {
-        let mut paths = BTreeMap::new();
-        paths.insert(
-            "super::a::Outer_Inner".into(),
-            "super::a::outer::Inner".into(),
-        );
-        paths.insert(
-            "super::empty::Empty".into(),
-            "::g::protobuf::well_known_types::empty::Empty".into(),
-        );
-        let code = "Method<super::a::Outer_Inner, super::empty::Empty> super::a::Other";
-        assert_eq!(
-            rewrite_message_paths(code, &paths),
-            "Method<super::a::outer::Inner, ::g::protobuf::well_known_types::empty::Empty> super::a::Other"
-        );
-    }
-
-    #[test]
-    fn inner_attributes_and_module_docs_are_dropped() {
-        let code = "#![allow(x)]\n//! doc\n  #![cfg_attr(a, b)]\n/// item doc\npub struct A;\n";
-        assert_eq!(
-            strip_inner_attributes(code),
-            "/// item doc\npub struct A;\n"
-        );
-    }
-
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let path = dir.join(name);
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         fs::write(&path, text).expect("write proto");
         path
+    }
+
+    /// Compiles `protos` (name, text) with the first as the one listed;
+    /// the generated files, by their path under the output directory.
+    fn compile(protos: &[(&str, &str)]) -> Result<BTreeMap<String, String>, Error> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut paths = Vec::new();
+        for (name, text) in protos {
+            paths.push(write(dir.path(), name, text));
+        }
+        let out = dir.path().join("out");
+        Builder::new()
+            .out_dir(&out)
+            .rerun_if_changed(false)
+            .compile(&paths[..1], &[dir.path()])?;
+        let mut files = BTreeMap::new();
+        let mut stack = vec![out.clone()];
+        while let Some(at) = stack.pop() {
+            for entry in fs::read_dir(&at).expect("read out") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let name = path
+                        .strip_prefix(&out)
+                        .expect("under out")
+                        .to_string_lossy()
+                        .into_owned();
+                    files.insert(name, fs::read_to_string(&path).expect("read"));
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    fn compile_ok(name: &str, text: &str) -> String {
+        let files = compile(&[(name, text)]).expect("compiles");
+        files[&name.replace(".proto", ".rs")].clone()
+    }
+
+    fn compile_error(name: &str, text: &str) -> String {
+        compile(&[(name, text)]).expect_err("fails").to_string()
     }
 
     #[test]
@@ -584,6 +433,8 @@ message Hello { message Name { string first = 1; } Name name = 1; }
 service Greeter {
   rpc Say(Hello.Name) returns (google.protobuf.Empty);
   rpc Count(google.protobuf.Empty) returns (stream Hello);
+  rpc Sum(stream Hello) returns (Hello);
+  rpc Chat(stream Hello) returns (stream Hello);
 }
 "#,
         );
@@ -594,36 +445,199 @@ service Greeter {
             code.contains("::goplugin::protobuf::well_known_types::empty::Empty"),
             "{code}"
         );
-        assert!(code.contains("::goplugin::grpcio::Method"), "{code}");
+        assert!(code.contains("name: \"/greet.Greeter/Say\""), "{code}");
+        assert!(code.contains("pub fn create_greeter("), "{code}");
+        assert!(code.contains("pub fn say_async_opt("), "{code}");
+        assert!(
+            code.contains("ClientSStreamReceiver<super::greeter::Hello>"),
+            "{code}"
+        );
+        assert!(code.contains("add_client_streaming_handler"), "{code}");
+        assert!(code.contains("add_duplex_streaming_handler"), "{code}");
         assert!(!code.contains("#!["), "{code}");
     }
 
-    /// The code generated from `text`, as the file `name`; checks that no
-    /// working file is left.
-    fn compile_ok(name: &str, text: &str) -> String {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let proto = write(dir.path(), name, text);
-        let out = dir.path().join("out");
-        Builder::new()
-            .out_dir(&out)
-            .rerun_if_changed(false)
-            .compile(&[&proto], &[dir.path()])
-            .expect("compiles");
-        assert!(!out.join("messages").exists());
-        let generated = out.join(name.replace(".proto", ".rs"));
-        fs::read_to_string(generated).expect("generated file")
+    /// Keywords as RPC, service and file names; a service named `S`; RPC
+    /// names that clash with another's client methods or the client's own.
+    #[test]
+    fn every_name_is_an_identifier_and_wire_paths_stay() {
+        let code = compile_ok(
+            "type.proto",
+            r#"syntax = "proto3";
+package k;
+import "google/protobuf/struct.proto";
+message Match { message Inner { string x = 1; } }
+service S {
+  rpc Type(Match.Inner) returns (google.protobuf.Struct);
+  rpc Match(google.protobuf.Value) returns (Match);
+  rpc Do(Match) returns (Match);
+  rpc New(Match) returns (Match);
+  rpc Get(Match) returns (Match);
+  rpc GetOpt(Match) returns (Match);
+}
+service Self { rpc Async(Match) returns (Match); }
+"#,
+        );
+        for expected in [
+            "pub mod type_ {",
+            "pub mod type_grpc {",
+            "super::type_::match_::Inner",
+            "::goplugin::protobuf::well_known_types::struct_::Struct",
+            "pub trait S {",
+            "fn type_(&mut self",
+            "fn match_(&mut self",
+            "fn do_(&mut self",
+            "pub fn type_opt(",
+            "pub fn new_(&self",
+            "pub fn get_opt(",
+            "pub fn get_opt_(&self",
+            "pub fn create_s(service: impl S +",
+            "pub trait Self_ {",
+            "pub struct SelfClient",
+            "fn async_(&mut self",
+            "name: \"/k.S/Type\"",
+            "name: \"/k.S/GetOpt\"",
+            "name: \"/k.Self/Async\"",
+        ] {
+            assert!(code.contains(expected), "no `{expected}` in\n{code}");
+        }
     }
 
-    /// What compiling `text`, as the file `name`, fails with.
-    fn compile_error(name: &str, text: &str) -> String {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let proto = write(dir.path(), name, text);
-        Builder::new()
-            .out_dir(dir.path().join("out"))
-            .rerun_if_changed(false)
-            .compile(&[&proto], &[dir.path()])
-            .expect_err("fails")
-            .to_string()
+    #[test]
+    fn a_dotted_file_is_included_by_its_name() {
+        let files = compile(&[(
+            "github.com.acme.thing.proto",
+            "syntax = \"proto3\";\npackage github.com.acme.thing;\nmessage A { string x = 1; }\nservice T { rpc Get(A) returns (A); }\n",
+        )])
+        .expect("compiles");
+        let code = &files["github.com.acme.thing.rs"];
+        assert!(code.contains("pub mod github_com_acme_thing {"), "{code}");
+        assert!(
+            code.contains("pub mod github_com_acme_thing_grpc {"),
+            "{code}"
+        );
+        assert!(code.contains("\"/github.com.acme.thing.T/Get\""), "{code}");
+        // The module's name works too, as before.
+        assert_eq!(&files["github_com_acme_thing.rs"], code);
+    }
+
+    #[test]
+    fn imports_are_generated_without_being_listed() {
+        let files = compile(&[
+            (
+                "api/backend.proto",
+                "syntax = \"proto3\";\nimport \"sdk/logical/identity.proto\";\nmessage R { logical.Entity e = 1; }\n",
+            ),
+            (
+                "sdk/logical/identity.proto",
+                "syntax = \"proto3\";\npackage logical;\nmessage Entity { string id = 1; }\n",
+            ),
+        ])
+        .expect("compiles");
+        let backend = &files["api/backend.rs"];
+        assert!(backend.contains("super::identity::Entity"), "{backend}");
+        assert!(
+            backend.contains("add goplugin::include_proto!(\"sdk/logical/identity\")"),
+            "{backend}"
+        );
+        assert!(files["sdk/logical/identity.rs"].contains("pub struct Entity"));
+        assert_eq!(files["identity.rs"], files["sdk/logical/identity.rs"]);
+        assert_eq!(files["backend.rs"], files["api/backend.rs"]);
+    }
+
+    #[test]
+    fn files_of_one_name_each_get_their_path_and_the_short_name_says_so() {
+        let files = compile(&[
+            (
+                "top.proto",
+                "syntax = \"proto3\";\nimport \"foo/v1/types.proto\";\nmessage T { foo.A a = 1; }\n",
+            ),
+            (
+                "foo/v1/types.proto",
+                "syntax = \"proto3\";\npackage foo;\nimport \"bar/v1/types.proto\";\nmessage A { string x = 1; }\n",
+            ),
+            (
+                "bar/v1/types.proto",
+                "syntax = \"proto3\";\npackage bar;\nmessage B { string y = 1; }\n",
+            ),
+        ]);
+        // foo/v1/types.proto imports its namesake: refused, both named.
+        let err = files
+            .expect_err("a file importing its namesake")
+            .to_string();
+        assert!(
+            err.contains("foo/v1/types.proto imports bar/v1/types.proto"),
+            "{err}"
+        );
+
+        let files = compile(&[
+            (
+                "top.proto",
+                "syntax = \"proto3\";\nimport \"foo/v1/types.proto\";\nimport \"x.proto\";\nmessage T { foo.A a = 1; }\n",
+            ),
+            ("foo/v1/types.proto", "syntax = \"proto3\";\npackage foo;\nmessage A { string x = 1; }\n"),
+            ("x.proto", "syntax = \"proto3\";\nimport \"bar/v1/types.proto\";\n"),
+            ("bar/v1/types.proto", "syntax = \"proto3\";\npackage bar;\nmessage B { string y = 1; }\n"),
+        ])
+        .expect("compiles");
+        assert!(files["foo/v1/types.rs"].contains("pub struct A"));
+        assert!(files["bar/v1/types.rs"].contains("pub struct B"));
+        let short = &files["types.rs"];
+        assert!(short.starts_with("compile_error!"), "{short}");
+        assert!(
+            short.contains("include_proto!(\\\"foo/v1/types\\\")"),
+            "{short}"
+        );
+        assert!(
+            short.contains("include_proto!(\\\"bar/v1/types\\\")"),
+            "{short}"
+        );
+    }
+
+    #[test]
+    fn a_group_is_refused_with_its_place() {
+        let text = compile_error(
+            "old.proto",
+            "syntax = \"proto2\";\nmessage M {\n  optional int32 a = 1;\n  repeated group Item = 2 {\n    required string name = 3;\n  }\n}\n",
+        );
+        assert!(
+            text.contains("old.proto:4:12: message `M` has the proto2 group `item`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_duplicate_number_says_number() {
+        let text = compile_error(
+            "dup.proto",
+            "syntax = \"proto3\";\nmessage A {\n  string a = 1;\n  string b = 1;\n}\n",
+        );
+        assert!(
+            text.contains(
+                "dup.proto:4:14: field `b` has the number 1, which field `a` (line 3) already has"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_misspelled_keyword_says_what_was_found_and_expected() {
+        let text = compile_error(
+            "typo.proto",
+            "syntax = \"proto3\";\n\nmesage A {\n  string x = 1;\n}\n",
+        );
+        assert!(text.contains("typo.proto:3:1:"), "{text}");
+        assert!(text.contains("found `mesage`"), "{text}");
+        assert!(text.contains("(`message` misspelled?)"), "{text}");
+        let text = compile_error(
+            "rpc.proto",
+            "syntax = \"proto3\";\nmessage A {}\nservice S {\n  rcp X(A) returns (A);\n}\n",
+        );
+        assert!(text.contains("rpc.proto:4:3:"), "{text}");
+        assert!(
+            text.contains("found `rcp`, expected rpc, option, }"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -632,7 +646,7 @@ service Greeter {
             "bad.proto",
             "syntax = \"proto3\";\n\nmessage A {\n  strin x = 1;\n}\n",
         );
-        assert!(text.contains("bad.proto:4"), "{text}");
+        assert!(text.contains("bad.proto:4:3:"), "{text}");
     }
 
     #[test]
@@ -641,34 +655,21 @@ service Greeter {
             "semi.proto",
             "syntax = \"proto3\";\nmessage A {\n  string x = 1\n}\n",
         );
-        assert!(text.contains("semi.proto`: at 4:1"), "{text}");
+        assert!(text.contains("semi.proto:4:1:"), "{text}");
         assert_eq!(text.matches("expecting char").count(), 1, "{text}");
     }
 
-    /// A keyword as file, message or module name, and well-known types that
-    /// both generators escape (`struct.proto`).
     #[test]
-    fn keywords_are_escaped_as_both_generators_escape_them() {
-        let code = compile_ok(
-            "type.proto",
-            r#"syntax = "proto3";
-import "google/protobuf/struct.proto";
-message Match { message Inner { string x = 1; } }
-service Types {
-  rpc Find(Match.Inner) returns (google.protobuf.Struct);
-  rpc Echo(google.protobuf.Value) returns (Match);
-}
-"#,
+    fn a_missing_import_names_the_importer() {
+        let text = compile_error(
+            "imp.proto",
+            "syntax = \"proto3\";\nimport \"dep/gone.proto\";\n",
         );
-        assert!(code.contains("pub mod type_ {"), "{code}");
-        assert!(code.contains("pub mod type_grpc {"), "{code}");
-        assert!(code.contains("super::type_::match_::Inner"), "{code}");
-        assert!(code.contains("super::type_::Match"), "{code}");
         assert!(
-            code.contains("::goplugin::protobuf::well_known_types::struct_::Struct"),
-            "{code}"
+            text.contains("imp.proto:2: imports \"dep/gone.proto\""),
+            "{text}"
         );
-        assert!(!code.contains("_pb::"), "{code}");
+        assert!(text.contains("include paths ("), "{text}");
     }
 
     #[test]
@@ -679,5 +680,9 @@ service Types {
             .compile(&[dir.path().join("nope.proto")], &[dir.path()])
             .expect_err("fails");
         assert!(err.to_string().contains("nope.proto"), "{err}");
+        assert!(
+            format!("{err:?}").starts_with("goplugin-build: "),
+            "{err:?}"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! `make test` builds (`make hosts python-ref` alone also works).
 
 mod broker;
+mod codegen;
 mod go_examples;
 mod host_lifecycle;
 mod kv_store;
@@ -14,6 +15,7 @@ mod opentofu;
 mod oversize;
 mod plugin_cli;
 mod rust_host;
+mod streaming;
 mod support;
 mod transport;
 mod user_crate;

@@ -8,16 +8,7 @@ use std::time::Duration;
 use goplugin::grpcio::{CallOption, ChannelBuilder, EnvBuilder, RpcStatusCode};
 use kv_plugin::proto::{kv::PutRequest, kv_grpc::KvClient};
 
-use crate::support::{COOKIE, Plugin, Running};
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
-}
+use crate::support::{COOKIE, Plugin, Running, rss_kb};
 
 #[test]
 fn a_600_mb_message_is_refused_without_being_held() {

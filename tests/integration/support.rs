@@ -585,3 +585,78 @@ impl Drop for Running {
         }
     }
 }
+
+/// Builds `package`, a user crate of the workspace, as its user would:
+/// alone (`-p`: cargo resolves features for this crate only, as for a
+/// crate outside this workspace). It gets goplugin's one grpcio feature
+/// set: gRPC's C++ core, built once for this target dir, is not built
+/// again (asserted). Returns the binary named as the package.
+pub fn build_user_crate(package: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut command = Command::new(cargo);
+    // What cargo set for this test binary (CARGO_MANIFEST_DIR, OUT_DIR, …)
+    // is not the user's environment, and build scripts that watch such a
+    // variable (ring's) would run again.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let ours = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&name.as_ref())
+            || [
+                "CARGO_BUILD_",
+                "CARGO_NET_",
+                "CARGO_REGISTR",
+                "CARGO_HTTP_",
+                "CARGO_TERM_",
+            ]
+            .iter()
+            .any(|prefix| name.starts_with(prefix));
+        if (name.starts_with("CARGO_") && !ours) || name == "OUT_DIR" {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command.current_dir(repo()).args([
+        "build",
+        "--release",
+        "--locked",
+        "--package",
+        package,
+        "--message-format=json",
+    ]);
+    // No watchdog: compiling goplugin and the crate takes a while on a
+    // busy machine, and cargo ends by itself.
+    let out = command.output().expect("cargo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "cargo build -p {package} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its build script (which runs cmake) and its library.
+    let grpcio_sys: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.contains(r#""reason":"compiler-artifact""#))
+        .filter(|line| line.contains("#grpcio-sys@"))
+        .collect();
+    assert_eq!(grpcio_sys.len(), 2, "{grpcio_sys:#?}");
+    for artifact in grpcio_sys {
+        assert!(
+            artifact.contains(r#""fresh":true"#),
+            "grpcio-sys was compiled again:\n{artifact}"
+        );
+    }
+    let executable = stdout
+        .lines()
+        .filter(|line| line.contains(&format!(r#""name":"{package}""#)))
+        .find_map(|line| line.split(r#""executable":""#).nth(1)?.split('"').next())
+        .unwrap_or_else(|| panic!("cargo names no {package} executable"));
+    PathBuf::from(executable)
+}
+
+/// The resident memory of process `pid`, in KiB (`VmRSS`).
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"))
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
