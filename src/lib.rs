@@ -179,6 +179,7 @@
 mod blocking;
 mod broker;
 mod client;
+pub mod codec;
 mod controller;
 pub mod env;
 mod error;

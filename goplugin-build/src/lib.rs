@@ -25,7 +25,7 @@
 //!   gives `github_com_acme_thing`), with its messages and enums as
 //!   rust-protobuf 3 generates them (plain `pub` fields, `Default`,
 //!   `Message`; proto2 required fields are checked when a message is
-//!   decoded);
+//!   decoded from the wire, by `goplugin::codec::de`);
 //! - when it declares services, a module `NAME_grpc` with, per service
 //!   `Foo`: the trait `Foo` (one method per RPC, each answering
 //!   `UNIMPLEMENTED` until you write it), `create_foo(impl Foo) ->
@@ -154,7 +154,8 @@ impl Builder {
     }
 
     /// The path through which generated code names the crate that
-    /// re-exports `grpcio` and `protobuf`. Default: `::goplugin`. (goplugin
+    /// re-exports `grpcio` and `protobuf` and has `codec::de` (the decoder
+    /// that checks proto2 required fields). Default: `::goplugin`. (goplugin
     /// itself uses `crate`; a crate that renames its goplugin dependency
     /// gives the new name.)
     pub fn runtime_path(mut self, path: impl Into<String>) -> Builder {

@@ -101,8 +101,8 @@ pub(crate) fn generate(
                 out,
                 "const {constant}: {grpc}::Method<{req}, {resp}> = {grpc}::Method {{\n    \
                  ty: {grpc}::MethodType::{kind},\n    name: \"/{full_name}/{name}\",\n    \
-                 req_mar: {grpc}::Marshaller {{ ser: {grpc}::pb_ser, de: {grpc}::pb_de }},\n    \
-                 resp_mar: {grpc}::Marshaller {{ ser: {grpc}::pb_ser, de: {grpc}::pb_de }},\n}};\n",
+                 req_mar: {grpc}::Marshaller {{ ser: {grpc}::pb_ser, de: {runtime}::codec::de }},\n    \
+                 resp_mar: {grpc}::Marshaller {{ ser: {grpc}::pb_ser, de: {runtime}::codec::de }},\n}};\n",
                 req = m.input,
                 resp = m.output,
                 kind = m.kind.grpcio(),

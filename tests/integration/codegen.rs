@@ -1,6 +1,6 @@
 //! goplugin-build on protocols that trip code generators: a user crate
-//! with keyword RPC names, a service named `S`, a dotted file and an
-//! unlisted import (tests/fixtures/odd-names), and real go-plugin
+//! with keyword RPC names, a service named `S`, a dotted file, an
+//! unlisted import and a proto2 required field (tests/fixtures/odd-names), and real go-plugin
 //! ecosystems' protos (tests/fixtures/proto-corpus, fetched by `make
 //! test`), each built as a user crate and run over the wire.
 
@@ -24,7 +24,10 @@ fn keyword_rpcs_a_service_named_s_a_dotted_file_and_an_unlisted_import_answer_ov
          Do: done (4 letters)\n\
          Letters: a,b,c\n\
          Type (async): type of z (9 letters)\n\
-         Async: async w (7 letters)\n"
+         Async: async w (7 letters)\n\
+         Check: id 7 (4 letters)\n\
+         Check without id: 13-INTERNAL Failed to deserialize response message: \
+         Codec(Error(MessageNotInitialized(\"Legacy\")))\n"
     );
 }
 
