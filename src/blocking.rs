@@ -281,6 +281,60 @@ impl BlockingPool {
     }
 }
 
+#[cfg(test)]
+impl BlockingPool {
+    /// Tests: from now on, behave as if the OS refused every new thread.
+    pub(crate) fn refuse_threads(&self) {
+        self.inner
+            .refuse_threads
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Tests: a health service served on a unix socket, and its client.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use crate::proto::grpc_health::{Health, HealthClient, create_health};
+
+    /// A running server; the socket file goes when it is dropped.
+    pub(crate) struct Served {
+        pub(crate) client: HealthClient,
+        _server: grpcio::Server,
+        socket: PathBuf,
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.socket);
+        }
+    }
+
+    /// Serves `service` as `grpc.health.v1.Health` on a fresh unix socket.
+    pub(crate) fn serve_health(service: impl Health + Send + Clone + 'static) -> Served {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = std::env::temp_dir().join(format!("goplugin-pool-{}-{n}", std::process::id()));
+        let env = Arc::new(grpcio::EnvBuilder::new().cq_count(1).build());
+        let mut server = grpcio::ServerBuilder::new(Arc::clone(&env))
+            .register_service(create_health(service))
+            .build()
+            .expect("server");
+        let target = format!("unix:{}", socket.display());
+        server
+            .add_listening_port(&target, grpcio::ServerCredentials::insecure())
+            .expect("listen");
+        server.start();
+        Served {
+            client: HealthClient::new(grpcio::ChannelBuilder::new(env).connect(&target)),
+            _server: server,
+            socket,
+        }
+    }
+}
+
 /// The status of a call whose handler panicked.
 pub(crate) fn panicked() -> RpcStatus {
     RpcStatus::with_message(
@@ -446,7 +500,7 @@ mod tests {
     fn without_threads_jobs_are_refused_not_run_inline() {
         use std::sync::atomic::{AtomicBool, Ordering};
         let pool = BlockingPool::new(2);
-        pool.inner.refuse_threads.store(true, Ordering::Relaxed);
+        pool.refuse_threads();
         let ran = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&ran);
         pool.spawn(move || flag.store(true, Ordering::Relaxed));
@@ -468,10 +522,7 @@ mod tests {
     /// thread (gRPC's here) without waiting there.
     #[test]
     fn a_refused_unary_call_is_unavailable() {
-        use crate::proto::grpc_health::{
-            Health, HealthCheckRequest, HealthCheckResponse, HealthClient, create_health,
-        };
-        use std::sync::atomic::Ordering;
+        use crate::proto::grpc_health::{Health, HealthCheckRequest, HealthCheckResponse};
 
         #[derive(Clone)]
         struct Refusing(BlockingPool);
@@ -487,21 +538,13 @@ mod tests {
         }
 
         let pool = BlockingPool::new(1);
-        pool.inner.refuse_threads.store(true, Ordering::Relaxed);
-        let env = Arc::new(grpcio::EnvBuilder::new().cq_count(1).build());
-        let mut server = grpcio::ServerBuilder::new(Arc::clone(&env))
-            .register_service(create_health(Refusing(pool)))
-            .build()
-            .unwrap();
-        let dir = std::env::temp_dir().join(format!("goplugin-pool-{}", std::process::id()));
-        let target = format!("unix:{}", dir.display());
-        server
-            .add_listening_port(&target, grpcio::ServerCredentials::insecure())
-            .unwrap();
-        server.start();
-        let client = HealthClient::new(grpcio::ChannelBuilder::new(env).connect(&target));
+        pool.refuse_threads();
+        let served = testing::serve_health(Refusing(pool));
         let options = grpcio::CallOption::default().timeout(Duration::from_secs(5));
-        match client.check_opt(&HealthCheckRequest::default(), options) {
+        match served
+            .client
+            .check_opt(&HealthCheckRequest::default(), options)
+        {
             Err(grpcio::Error::RpcFailure(status)) => {
                 assert_eq!(status.code(), RpcStatusCode::UNAVAILABLE, "{status:?}");
                 assert!(
@@ -511,7 +554,6 @@ mod tests {
             }
             other => panic!("want UNAVAILABLE, got {other:?}"),
         }
-        let _ = std::fs::remove_file(&dir);
     }
 
     #[test]

@@ -404,3 +404,92 @@ impl<Req, Resp> fmt::Debug for Upload<Req, Resp> {
         f.debug_struct("Upload").finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use grpcio::{RpcContext, ServerStreamingSink};
+
+    use super::*;
+    use crate::blocking::testing::serve_health;
+    use crate::proto::grpc_health::{Health, HealthCheckRequest, HealthCheckResponse};
+
+    /// Health's Watch (a server stream) sends two statuses from the pool,
+    /// then does what its `service` names: ends, fails, or panics.
+    #[derive(Clone)]
+    struct Watcher(BlockingPool);
+
+    impl Health for Watcher {
+        fn watch(
+            &mut self,
+            _: RpcContext<'_>,
+            req: HealthCheckRequest,
+            sink: ServerStreamingSink<HealthCheckResponse>,
+        ) {
+            self.0.server_streaming(sink, move |out| {
+                for _ in 0..2 {
+                    out.send(HealthCheckResponse::default())?;
+                }
+                match req.service.as_str() {
+                    "fail" => Err(RpcStatus::with_message(
+                        RpcStatusCode::FAILED_PRECONDITION,
+                        "as asked".into(),
+                    )),
+                    "panic" => panic!("as asked"),
+                    _ => Ok(()),
+                }
+            });
+        }
+    }
+
+    /// The statuses a watch of `service` got, and how it ended.
+    fn watch(pool: BlockingPool, service: &str) -> (usize, Option<RpcStatusCode>) {
+        let served = serve_health(Watcher(pool));
+        let request = HealthCheckRequest {
+            service: service.to_string(),
+            ..Default::default()
+        };
+        let options = grpcio::CallOption::default().timeout(Duration::from_secs(5));
+        let receiver = served.client.watch_opt(&request, options).expect("watch");
+        let mut items = 0;
+        for item in Replies::new(receiver) {
+            match item {
+                Ok(_) => items += 1,
+                Err(grpcio::Error::RpcFailure(status)) => return (items, Some(status.code())),
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        (items, None)
+    }
+
+    #[test]
+    fn a_stream_ends_as_its_handler_returns() {
+        assert_eq!(watch(BlockingPool::new(2), "ok"), (2, None));
+        assert_eq!(
+            watch(BlockingPool::new(2), "fail"),
+            (2, Some(RpcStatusCode::FAILED_PRECONDITION))
+        );
+    }
+
+    /// A handler that panics mid-stream ends the call INTERNAL, after what
+    /// it sent, and the pool lives on.
+    #[test]
+    fn a_panicking_stream_handler_ends_the_call_internal() {
+        let pool = BlockingPool::new(1);
+        assert_eq!(
+            watch(pool.clone(), "panic"),
+            (2, Some(RpcStatusCode::INTERNAL))
+        );
+        assert_eq!(watch(pool, "ok"), (2, None));
+    }
+
+    /// With no thread to be had, a stream is refused UNAVAILABLE from
+    /// gRPC's thread, never run there.
+    #[test]
+    fn a_refused_stream_is_unavailable() {
+        let pool = BlockingPool::new(1);
+        pool.refuse_threads();
+        assert_eq!(watch(pool, "ok"), (0, Some(RpcStatusCode::UNAVAILABLE)));
+    }
+}
