@@ -37,6 +37,7 @@ use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt, TryStreamExt};
 use grpcio::{DuplexSink, RequestStream, RpcContext, WriteFlags};
 
+use crate::address::{self, Reach};
 use crate::error::{Error, Result};
 use crate::listener::{Listener, SocketFile};
 use crate::locks::{lock, wait_for};
@@ -302,13 +303,13 @@ impl Rendezvous for Broker {
                 TIMEOUT.as_secs()
             ),
         })?;
-        match info.network.as_str() {
-            "unix" => Ok(format!("unix:{}", info.address)),
-            "tcp" => Ok(info.address),
-            other => Err(Error::Broker {
-                reason: format!("service id {id}: unknown network {other:?} from the host"),
-            }),
-        }
+        // Parsed here, never handed to gRPC's target parser as it is; the
+        // other side's brokered servers listen on this machine.
+        address::dial_target(&info.network, &info.address, Reach::Local).map_err(|reason| {
+            Error::Broker {
+                reason: format!("service id {id}: the other side announced {reason}"),
+            }
+        })
     }
 
     /// go-plugin's knock: tells the host that the next stream the plugin

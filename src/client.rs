@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use grpcio::{CallOption, EnvBuilder, Environment};
 
+use crate::address::Reach;
 use crate::broker::Broker;
 use crate::env::{
     PLUGIN_CLIENT_CERT, PLUGIN_MAX_PORT, PLUGIN_MIN_PORT, PLUGIN_PROTOCOL_VERSIONS,
@@ -60,6 +61,8 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 const STOP_GRACE: Duration = Duration::from_millis(200);
 /// go-plugin's default `PLUGIN_MIN_PORT`/`PLUGIN_MAX_PORT`.
 const DEFAULT_PORTS: (u16, u16) = (10_000, 25_000);
+/// The largest message by default: gRPC's own receive limit.
+const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
 /// How to start (or find) a plugin: go-plugin's `ClientConfig`. Get one
 /// from [`Client::builder`].
@@ -81,6 +84,8 @@ pub struct ClientBuilder {
     stderr: Option<Sink>,
     name: Option<String>,
     grpc_env: Option<Arc<Environment>>,
+    allow_remote: bool,
+    max_message_size: usize,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -215,6 +220,30 @@ impl ClientBuilder {
     /// (`plugin.NAME`). Default: the command's file name, as go-plugin.
     pub fn name(mut self, name: impl Into<String>) -> ClientBuilder {
         self.name = Some(name.into());
+        self
+    }
+
+    /// Whether the plugin may be at a TCP address off this machine (not
+    /// loopback): for reattaching to a plugin that runs elsewhere. Default:
+    /// false, and a plugin that advertises such an address is refused at
+    /// the handshake. Whatever this says, an address is `IP:PORT` or an
+    /// absolute unix path, never a host name or a gRPC target.
+    pub fn allow_remote(mut self, allow: bool) -> ClientBuilder {
+        self.allow_remote = allow;
+        self
+    }
+
+    /// The largest message the host sends or accepts on the plugin's
+    /// connections: the plugin's replies, its stdio stream and its broker
+    /// stream. Default: 4 MiB, gRPC's own limit and goplugin's plugins'.
+    /// go-plugin's host accepts up to 2 GiB; a bounded host raises this
+    /// for protocols that need it (Terraform's own host takes 64 MiB from
+    /// a provider), not further. The memory gRPC may hold for what it
+    /// receives is bounded with it (8 times this, at least 32 MiB), before
+    /// a message is buffered: a plugin that sends more than that has its
+    /// call reset, not the host's memory grown.
+    pub fn max_message_size(mut self, bytes: usize) -> ClientBuilder {
+        self.max_message_size = bytes;
         self
     }
 
@@ -434,6 +463,12 @@ impl ClientBuilder {
             tls: self.tls.as_ref(),
             host_cert,
             grpc_env,
+            reach: if self.allow_remote {
+                Reach::Anywhere
+            } else {
+                Reach::Local
+            },
+            max_message_size: self.max_message_size,
         }
     }
 
@@ -568,6 +603,8 @@ impl Client {
             stderr: None,
             name: None,
             grpc_env: None,
+            allow_remote: false,
+            max_message_size: MAX_MESSAGE_SIZE,
         }
     }
 

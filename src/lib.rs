@@ -176,6 +176,7 @@
 #![deny(missing_docs, unsafe_code)]
 #![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations)]
 
+mod address;
 mod blocking;
 mod broker;
 mod client;

@@ -177,14 +177,15 @@ impl Transport {
         env: PluginEnv,
         tls: Option<Arc<AutoMtls>>,
         grpc_env: Arc<Environment>,
+        max_message_size: usize,
     ) -> Transport {
         Transport::with(
             env,
             Prefer::Unix,
             tls,
             grpc_env,
-            None,
-            default_memory_quota(None),
+            Some(max_message_size),
+            default_memory_quota(Some(max_message_size)),
         )
     }
 
@@ -390,9 +391,21 @@ impl Transport {
         }
     }
 
-    /// A channel to `target` with this side's TLS.
+    /// A channel to `target` with this side's TLS, message limit and
+    /// memory quota: gRPC's core checks the receive limit only once a
+    /// message is whole, and the quota is what keeps a peer that announces
+    /// a huge message from making this side buffer it (over the quota, the
+    /// call is reset).
     pub(crate) fn channel(&self, target: &str) -> grpcio::Channel {
-        let builder = ChannelBuilder::new(Arc::clone(&self.grpc_env));
+        let quota =
+            grpcio::ResourceQuota::new(Some("goplugin-channel")).resize_memory(self.memory_quota);
+        let mut builder = ChannelBuilder::new(Arc::clone(&self.grpc_env)).set_resource_quota(quota);
+        if let Some(bytes) = self.max_message_size {
+            let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
+            builder = builder
+                .max_receive_message_len(bytes)
+                .max_send_message_len(bytes);
+        }
         match &self.tls {
             Some(tls) => builder
                 .override_ssl_target("localhost")

@@ -9,6 +9,7 @@ use grpcio::{CallOption, Environment, RpcStatusCode};
 use super::output::{Event, Output, Sink};
 use super::runner::Process;
 use super::stdio_sync::{StdioSubscription, subscribe_stdio};
+use crate::address::{self, Reach};
 use crate::broker::Broker;
 use crate::env::PluginEnv;
 use crate::error::{Error, Result};
@@ -33,6 +34,10 @@ pub(super) struct Dial<'a> {
     pub(super) grpc_env: Arc<Environment>,
     /// `SyncStdout` and `SyncStderr`.
     pub(super) sinks: (Option<Sink>, Option<Sink>),
+    /// Whether a TCP address off this machine may be dialled.
+    pub(super) reach: Reach,
+    /// The largest message sent or accepted.
+    pub(super) max_message_size: usize,
 }
 
 /// A connected plugin: what a `Client` is made of, beside its process.
@@ -149,6 +154,9 @@ impl Starting {
             "reattach"
         };
         let parsed = HandshakeLine::parse(line).map_err(|e| self.fail(step, e.to_string()))?;
+        // Parsed here, never handed to gRPC's target parser as it is.
+        let target = address::dial_target(parsed.network.as_str(), &parsed.address, dial.reach)
+            .map_err(|e| self.fail(step, e))?;
         let version = parsed.app_protocol_version;
         if !dial.versions.contains(&version) {
             return Err(self.fail(
@@ -186,8 +194,13 @@ impl Starting {
             network: parsed.network.clone(),
             address: parsed.address.clone(),
         };
-        let transport = Arc::new(Transport::for_host(dial.host_env, tls, dial.grpc_env));
-        let channel = transport.channel(&listener.dial_target());
+        let transport = Arc::new(Transport::for_host(
+            dial.host_env,
+            tls,
+            dial.grpc_env,
+            dial.max_message_size,
+        ));
+        let channel = transport.channel(&target);
         self.check_health(&channel, &listener, events)?;
 
         let broker = Broker::default();

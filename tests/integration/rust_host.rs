@@ -249,6 +249,49 @@ fn a_plugin_that_prints_a_bad_line_is_refused_and_killed_at_once() {
     );
 }
 
+/// Field 4 is parsed, never given to gRPC's target parser: no other
+/// socket, no abstract socket, no address list, no name resolved through a
+/// DNS server the plugin names (none is asked), nothing off this machine.
+#[test]
+fn an_address_other_than_ip_port_or_an_absolute_path_is_refused_without_dialling() {
+    let dns = std::net::UdpSocket::bind("127.0.0.1:0").expect("a DNS server's socket");
+    dns.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let dns_port = dns.local_addr().expect("address").port();
+    for (line, says) in [
+        (
+            "1|1|tcp|unix:/some/other.sock|grpc|",
+            "a tcp address is IP:PORT",
+        ),
+        ("1|1|tcp|unix-abstract:x|grpc|", "a tcp address is IP:PORT"),
+        (
+            "1|1|tcp|ipv4:127.0.0.1:1,127.0.0.1:2|grpc|",
+            "a tcp address is IP:PORT",
+        ),
+        (
+            &format!("1|1|tcp|dns://127.0.0.1:{dns_port}/attacker-chosen.test:1234|grpc|"),
+            "a tcp address is IP:PORT",
+        ),
+        ("1|1|tcp|localhost:1234|grpc|", "a tcp address is IP:PORT"),
+        (
+            "1|1|unix|unix:/some/other.sock|grpc|",
+            "a unix address is an absolute path",
+        ),
+        ("1|1|tcp|192.0.2.1:1234|grpc|", "not on this machine"),
+    ] {
+        refused_at_once(
+            &format!("echo '{line}'; exec sleep 30"),
+            false,
+            &["handshake: address ", says],
+        );
+    }
+    let mut query = [0u8; 512];
+    assert!(
+        dns.recv_from(&mut query).is_err(),
+        "the host sent a DNS query to the plugin's server"
+    );
+}
+
 #[test]
 fn a_plugin_of_another_version_is_refused_with_both_versions() {
     refused_at_once(
