@@ -97,7 +97,7 @@ $(TOFU): tests/fixtures/opentofu/build.sh
 $(GO_PROVIDER): tests/fixtures/go-provider/main.go tests/fixtures/go-provider/go.mod tests/fixtures/go-provider/go.sum
 	cd tests/fixtures/go-provider && GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build -o $(CURDIR)/$(GO_PROVIDER) .
 
-python-ref: $(PYGEN)/kv_pb2.py
+python-ref: $(PYGEN)/stamp
 
 ## proto-corpus: real go-plugin ecosystems' .proto files at pinned versions
 ## (terraform-plugin-go, go-plugin, Vault's SDK, Grafana's SDK,
@@ -113,10 +113,14 @@ $(VENV)/stamp: tests/fixtures/python-kv/requirements.txt
 	$(VENV)/bin/pip install --quiet -r tests/fixtures/python-kv/requirements.txt
 	touch $@
 
-$(PYGEN)/kv_pb2.py: $(VENV)/stamp examples/kv-plugin/proto/kv.proto proto/plugin/grpc_controller.proto
+# The Python reference plugin's stubs, and the hostile test plugin's
+# (tests/fixtures/python-hostile: stdio and broker too).
+$(PYGEN)/stamp: $(VENV)/stamp examples/kv-plugin/proto/kv.proto proto/plugin/grpc_controller.proto proto/plugin/grpc_stdio.proto proto/plugin/grpc_broker.proto
 	mkdir -p $(PYGEN)
 	$(VENV)/bin/python -m grpc_tools.protoc -I examples/kv-plugin/proto -I proto/plugin \
-		--python_out=$(PYGEN) --grpc_python_out=$(PYGEN) kv.proto grpc_controller.proto
+		--python_out=$(PYGEN) --grpc_python_out=$(PYGEN) kv.proto grpc_controller.proto \
+		grpc_stdio.proto grpc_broker.proto
+	touch $@
 
 build:
 	$(CARGO) build $(CARGO_FLAGS) --workspace --all-targets

@@ -11,6 +11,8 @@
 //! - `KV_PLUGIN`: the plugin's command line, split on white space and run
 //!   directly (no shell), as the Go host's `KV_HOST_DIRECT=1` and real
 //!   hosts do.
+//! - `KV_HOST_SHELL=1`: run `KV_PLUGIN` with `sh -c` instead, as
+//!   go-plugin's example hosts do.
 //! - `KV_HOST_AUTOMTLS=1`: AutoMTLS.
 //!
 //! `bench CALLS` prints one JSON object with the Go host's keys: `start_ms`
@@ -23,7 +25,9 @@
 //!
 //! `serve-for MS` starts the plugin, prints `pid=<pid>`, and makes Gets
 //! from 4 threads for MS milliseconds before `kill()`: a test SIGKILLs this
-//! host meanwhile, mid-call.
+//! host meanwhile, mid-call. Then it prints `gets_ok=N gets_failed=N
+//! host_peak_kb=N` (this process's peak resident memory): a test of a
+//! hostile plugin reads what it cost the host.
 
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
@@ -62,10 +66,17 @@ fn main() -> ExitCode {
 
 fn launch() -> Result<Client, String> {
     let line = std::env::var("KV_PLUGIN").map_err(|_| "set KV_PLUGIN".to_string())?;
-    let mut words = line.split_whitespace();
-    let program = words.next().ok_or("KV_PLUGIN is empty")?;
-    let mut command = Command::new(program);
-    command.args(words);
+    let command = if std::env::var("KV_HOST_SHELL").as_deref() == Ok("1") {
+        let mut shell = Command::new("sh");
+        shell.arg("-c").arg(line);
+        shell
+    } else {
+        let mut words = line.split_whitespace();
+        let program = words.next().ok_or("KV_PLUGIN is empty")?;
+        let mut command = Command::new(program);
+        command.args(words);
+        command
+    };
     Client::builder(HANDSHAKE)
         .command(command)
         .auto_mtls(std::env::var("KV_HOST_AUTOMTLS").as_deref() == Ok("1"))
@@ -95,16 +106,34 @@ fn serve_for(ms: u64) -> Result<(), String> {
         .map(|_| {
             let kv = kv.clone();
             thread::spawn(move || {
+                let (mut ok, mut failed) = (0, 0);
                 while Instant::now() < until {
-                    let _ = kv.get(&get("soak"));
+                    match kv.get(&get("soak")) {
+                        Ok(_) => ok += 1,
+                        Err(_) => failed += 1,
+                    }
                 }
+                (ok, failed)
             })
         })
         .collect();
+    let (mut ok, mut failed) = (0, 0);
     for caller in callers {
-        let _ = caller.join();
+        let (o, f) = caller.join().unwrap_or((0, 0));
+        ok += o;
+        failed += f;
     }
     client.kill();
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    println!("gets_ok={ok} gets_failed={failed} host_peak_kb={peak}");
     Ok(())
 }
 

@@ -13,7 +13,9 @@
 //! - [`Broker::dial`] waits up to 5 s for the host to announce an id, then
 //!   connects with the same TLS (the plugin's certificate as client
 //!   certificate, the host's certificate trusted);
-//! - announcements nobody claims are dropped after 5 s.
+//! - announcements nobody claims are dropped after 5 s; the other side
+//!   may have at most 1024 of them waiting, with fields of at most 4 KiB, or
+//!   its broker stream is ended (logged as an error).
 //!
 //! Brokered servers stop, and their socket files go, when the plugin stops.
 //!
@@ -34,7 +36,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
-use futures::{SinkExt, StreamExt, TryStreamExt};
+use futures::{SinkExt, StreamExt};
 use grpcio::{DuplexSink, RequestStream, RpcContext, WriteFlags};
 
 use crate::address::{self, Reach};
@@ -127,8 +129,9 @@ struct Inner {
     transport: OnceLock<Arc<Transport>>,
     servers: Mutex<Vec<(grpcio::Server, Option<SocketFile>)>>,
     /// Multiplexed dials: the host's knock acknowledgements by id (the
-    /// error it sent, empty for none), one knock at a time as in Go.
-    acks: Mutex<HashMap<u32, String>>,
+    /// error it sent, empty for none, and when it came), one knock at a
+    /// time as in Go.
+    acks: Mutex<HashMap<u32, (String, Instant)>>,
     acked: Condvar,
     knocking: Mutex<()>,
     closed: AtomicBool,
@@ -228,20 +231,47 @@ impl Broker {
         }
     }
 
-    fn receive(&self, mut info: ConnInfo) {
+    /// Takes in one message of the other side's broker stream. Entries
+    /// nobody claimed within 5 s are dropped as others arrive; `Err` (the
+    /// stream is then ended) when the other side sends more than
+    /// [`MAX_PENDING`] unclaimed entries or fields over [`MAX_FIELD`]
+    /// bytes: what it sends cannot grow this side without bound.
+    fn receive(&self, mut info: ConnInfo) -> std::result::Result<(), String> {
+        let longest = [info.network.len(), info.address.len()]
+            .into_iter()
+            .chain(info.knock.as_ref().map(|k| k.error.len()))
+            .max()
+            .unwrap_or(0);
+        if longest > MAX_FIELD {
+            return Err(format!(
+                "the other side sent a broker entry for service id {} with a field of {longest} \
+                 bytes (at most {MAX_FIELD})",
+                info.service_id
+            ));
+        }
         if let Some(knock) = info.knock.take() {
             let id = info.service_id;
             if knock.ack {
-                lock(&self.inner.acks).insert(id, knock.error);
+                let mut acks = lock(&self.inner.acks);
+                acks.retain(|_, (_, at)| at.elapsed() < TIMEOUT);
+                if acks.len() >= MAX_PENDING && !acks.contains_key(&id) {
+                    return Err(too_many("knock acknowledgements"));
+                }
+                acks.insert(id, (knock.error, Instant::now()));
                 self.inner.acked.notify_all();
             } else if knock.knock {
                 self.answer_knock(id);
             }
-            return;
+            return Ok(());
         }
         let mut received = lock(&self.inner.received);
+        received.retain(|_, (_, at)| at.elapsed() < TIMEOUT);
+        if received.len() >= MAX_PENDING && !received.contains_key(&info.service_id) {
+            return Err(too_many("announcements"));
+        }
         received.insert(info.service_id, (info, Instant::now()));
         self.inner.arrived.notify_all();
+        Ok(())
     }
 }
 
@@ -335,7 +365,7 @@ impl Rendezvous for Broker {
             };
             self.announce(info).map_err(|err| err.to_string())?;
             let error = wait_for(&self.inner.acks, &self.inner.acked, deadline, |acks| {
-                acks.remove(&id)
+                acks.remove(&id).map(|(error, _)| error)
             })
             .ok_or_else(|| {
                 format!(
@@ -354,6 +384,23 @@ impl Rendezvous for Broker {
             thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The most broker entries (announcements, or knock acknowledgements) the
+/// other side may have waiting unclaimed: a plugin announces one per
+/// brokered service it serves, and each is claimed or dropped within 5 s.
+const MAX_PENDING: usize = 1024;
+
+/// The longest network, address or knock error in a broker entry: a unix
+/// socket path is at most 108 bytes.
+const MAX_FIELD: usize = 4096;
+
+fn too_many(what: &str) -> String {
+    format!(
+        "the other side has sent more than {MAX_PENDING} broker {what} that nobody claimed \
+         within {} s",
+        TIMEOUT.as_secs()
+    )
 }
 
 fn shutting_down() -> Error {
@@ -403,12 +450,14 @@ impl Broker {
     where
         S: futures::Stream<Item = grpcio::Result<ConnInfo>>,
     {
-        let _ = stream
-            .try_for_each(|info| {
-                self.receive(info);
-                futures::future::ok(())
-            })
-            .await;
+        let mut stream = std::pin::pin!(stream);
+        while let Some(Ok(info)) = stream.next().await {
+            if let Err(reason) = self.receive(info) {
+                // Dropping the stream ends the call.
+                log::error!("{reason}: the broker stream is closed");
+                return;
+            }
+        }
     }
 
     /// The host's side: opens the broker stream to the plugin (go-plugin's
@@ -441,4 +490,66 @@ where
 /// The `plugin.GRPCBroker` service for `broker`.
 pub(crate) fn service(broker: Broker) -> grpcio::Service {
     create_grpc_broker(BrokerService { broker })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn announcement(id: u32, address: &str) -> ConnInfo {
+        ConnInfo {
+            service_id: id,
+            network: "unix".into(),
+            address: address.into(),
+            ..ConnInfo::default()
+        }
+    }
+
+    #[test]
+    fn unclaimed_announcements_are_capped_and_expire() {
+        let broker = Broker::default();
+        for id in 0..MAX_PENDING as u32 {
+            broker
+                .receive(announcement(id, "/tmp/x"))
+                .expect("within the cap");
+        }
+        // The same id again replaces its entry.
+        broker
+            .receive(announcement(0, "/tmp/y"))
+            .expect("a replacement");
+        let over = broker.receive(announcement(MAX_PENDING as u32, "/tmp/x"));
+        assert!(over.expect_err("over the cap").contains("more than 1024"));
+        // Entries older than 5 s go as the next one arrives.
+        for (_, at) in lock(&broker.inner.received).values_mut() {
+            *at -= TIMEOUT;
+        }
+        broker
+            .receive(announcement(5000, "/tmp/x"))
+            .expect("the expired ones are gone");
+        assert_eq!(lock(&broker.inner.received).len(), 1);
+    }
+
+    #[test]
+    fn oversized_fields_are_refused() {
+        let broker = Broker::default();
+        let long = "/".repeat(MAX_FIELD + 1);
+        let refused = broker
+            .receive(announcement(1, &long))
+            .expect_err("too long");
+        assert!(refused.contains("4097 bytes"), "{refused}");
+        let knock = ConnInfo {
+            service_id: 2,
+            knock: Some(Knock {
+                knock: true,
+                ack: true,
+                error: "e".repeat(MAX_FIELD + 1),
+                ..Knock::default()
+            })
+            .into(),
+            ..ConnInfo::default()
+        };
+        assert!(broker.receive(knock).is_err());
+        assert!(lock(&broker.inner.received).is_empty());
+        assert!(lock(&broker.inner.acks).is_empty());
+    }
 }

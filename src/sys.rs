@@ -227,6 +227,130 @@ pub(crate) fn die_with_host(command: &mut std::process::Command) {
     unsafe { command.pre_exec(child_setup) };
 }
 
+/// A plugin's supervisor: a forked copy of this process that does nothing
+/// but wait on one end of a socket pair, and kills the plugin's process
+/// group when the other end (held by the host) closes without a word: the
+/// host died, even by SIGKILL. `PR_SET_PDEATHSIG` reaches the host's
+/// direct child only (a `sh -c` in front of the plugin), and is not
+/// inherited across fork; the supervisor covers the whole group.
+#[derive(Debug)]
+pub(crate) struct Supervisor {
+    pid: libc::pid_t,
+    host_end: std::os::fd::OwnedFd,
+}
+
+/// Forks the supervisor of the process group `pgid`.
+pub(crate) fn supervise(pgid: u32) -> io::Result<Supervisor> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let pgid = libc::pid_t::try_from(pgid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    let mut fds: [libc::c_int; 2] = [-1; 2];
+    // SAFETY: socketpair writes two new descriptors into `fds`.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are new and owned by nothing else.
+    let (host_end, watched) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let watched_fd = watched.as_raw_fd();
+    // SAFETY: fork in a multi-threaded process. The child runs
+    // `supervisor_child` only, which makes async-signal-safe calls alone,
+    // allocates nothing, takes no lock and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: in the forked child, as said above.
+        unsafe { supervisor_child(watched_fd, pgid) }
+    }
+    drop(watched);
+    Ok(Supervisor { pid, host_end })
+}
+
+/// The supervisor's whole life, in the forked child.
+///
+/// # Safety
+/// Only in a child just forked by [`supervise`]: it closes every
+/// descriptor it inherited but `watched`, and exits the process.
+unsafe fn supervisor_child(watched: RawFd, pgid: libc::pid_t) -> ! {
+    // SAFETY (of every call below): setpgid, sigaction, dup2, the
+    // close_range system call, close, read, kill and _exit are
+    // async-signal-safe; the sigaction value and the byte live on this
+    // stack.
+    unsafe {
+        // Out of the host's process group, deaf to what is sent to it (a
+        // Ctrl-C at the host's terminal): it ends when the host does.
+        libc::setpgid(0, 0);
+        let mut ignore: libc::sigaction = std::mem::zeroed();
+        ignore.sa_sigaction = libc::SIG_IGN;
+        for signal in [
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGTERM,
+            libc::SIGQUIT,
+            libc::SIGPIPE,
+        ] {
+            libc::sigaction(signal, &ignore, std::ptr::null_mut());
+        }
+        // Nothing else of the host's stays open here: a copy of its
+        // sockets would keep them open after the host closes them.
+        if watched != 0 {
+            libc::dup2(watched, 0);
+        }
+        if libc::syscall(
+            libc::SYS_close_range,
+            1 as libc::c_uint,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        ) != 0
+        {
+            for fd in 1..65_536 {
+                libc::close(fd);
+            }
+        }
+        let mut byte = 0u8;
+        loop {
+            let n = libc::read(0, (&raw mut byte).cast(), 1);
+            if n == 1 {
+                // The host is done with the plugin, which is gone.
+                libc::_exit(0);
+            }
+            if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            break;
+        }
+        libc::kill(-pgid, libc::SIGKILL);
+        libc::_exit(0)
+    }
+}
+
+impl Supervisor {
+    /// The plugin has exited and its group was killed: the supervisor is
+    /// told so, exits, and is reaped.
+    pub(crate) fn release(self) {
+        use std::os::fd::AsRawFd;
+        // A supervisor already gone (killed by someone) cannot read it:
+        // no SIGPIPE for that.
+        let _ = send_nonblocking(self.host_end.as_raw_fd(), b"d");
+        drop(self.host_end);
+        let mut status = 0;
+        // SAFETY: waitpid on our own child; `status` is a live c_int.
+        while unsafe { libc::waitpid(self.pid, &mut status, 0) } < 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+        {}
+    }
+}
+
 /// Waits until the child `pid` has exited, without reaping it: its pid
 /// (and process group) stays taken until the caller reaps it.
 pub(crate) fn wait_exited(pid: u32) -> io::Result<()> {

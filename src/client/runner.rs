@@ -11,6 +11,12 @@
 //!   whole group: a plugin started through `sh -c` (Debian's dash does not
 //!   `exec` the last command) is killed with the shell. When the group's
 //!   leader exits, whatever is left of the group is killed too.
+//! - A supervisor per plugin (a forked copy of the host that only waits on
+//!   a socket, see [`sys::supervise`]) kills the plugin's whole process
+//!   group when the host dies, even by SIGKILL: `PR_SET_PDEATHSIG` reaches
+//!   the plugin's first process only, not what it starts (the plugin
+//!   behind `sh -c`). What escapes: a descendant that leaves the group
+//!   (`setsid`, `setpgid`).
 //! - One thread per plugin waits for its exit without reaping it, so the
 //!   pid (and the process group id) stays the plugin's until the exit is
 //!   recorded: a kill never reaches a recycled pid.
@@ -43,6 +49,9 @@ struct Exit {
     /// Until the exit is recorded.
     child: Option<Child>,
     status: Option<ExitStatus>,
+    /// Kills the process group if the host dies; released once the exit
+    /// is recorded.
+    supervisor: Option<sys::Supervisor>,
 }
 
 /// A process and the pipes of its output.
@@ -71,10 +80,21 @@ pub(crate) fn start(
         ));
     };
     let pid = child.id();
+    let supervisor = match sys::supervise(pid) {
+        Ok(supervisor) => Some(supervisor),
+        Err(err) => {
+            log::warn!(
+                "goplugin: cannot fork the supervisor of plugin process {pid} ({err}): if the \
+                 host dies, only the plugin's first process is killed, not what it started"
+            );
+            None
+        }
+    };
     let state = Arc::new(State {
         exit: Mutex::new(Exit {
             child: Some(child),
             status: None,
+            supervisor,
         }),
         changed: Condvar::new(),
     });
@@ -200,6 +220,11 @@ impl Process {
             let _ = sys::signal_group(self.pid, libc::SIGKILL);
         }
         let child = exit.child.take()?;
+        // Released before the leader is reaped, while the group id is still
+        // the plugin's: a supervisor never outlives it to kill a reused id.
+        if let Some(supervisor) = exit.supervisor.take() {
+            supervisor.release();
+        }
         // An error here means the exit status is lost: the process ignores
         // SIGCHLD, so the kernel reaped the plugin already. It has exited
         // all the same.

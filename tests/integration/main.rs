@@ -8,6 +8,7 @@ mod broker;
 mod codegen;
 mod go_examples;
 mod host_lifecycle;
+mod hostile;
 mod kv_store;
 mod library;
 mod matrix;
