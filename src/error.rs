@@ -135,7 +135,42 @@ fn printed_tail(printed: &str) -> String {
     if printed.is_empty() {
         String::new()
     } else {
-        format!("\n--- the plugin's last stderr lines:\n{printed}")
+        format!(
+            "\n--- the plugin's last stderr lines:\n{}",
+            printable(printed)
+        )
+    }
+}
+
+/// `text` from the other side (a plugin's line, its stderr), safe to show:
+/// control characters other than newline and tab are written as escapes
+/// (`\u{1b}`), so that nothing it sends reaches a terminal as a command.
+pub(crate) fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_plugin_printed_is_shown_without_its_control_characters() {
+        assert_eq!(printable("a\u{1b}[31mb\r\n\tc"), "a\\u{1b}[31mb\\u{d}\n\tc");
+        let err = Error::Client {
+            plugin: "p".into(),
+            step: "start",
+            reason: "r".into(),
+            printed: "\u{7}bell".into(),
+        };
+        assert!(err.to_string().ends_with("\\u{7}bell"), "{err}");
     }
 }
 

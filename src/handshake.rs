@@ -156,9 +156,10 @@ impl HandshakeLine {
         let fields: Vec<&str> = line.split('|').collect();
         if fields.len() < 4 {
             return fail(format!(
-                "Unrecognized remote plugin message: {line}\nThis usually means that the \
+                "Unrecognized remote plugin message: {}\nThis usually means that the \
                  plugin is not a go-plugin plugin for this host, or that it printed \
-                 something on stdout before its handshake line (logs belong on stderr)"
+                 something on stdout before its handshake line (logs belong on stderr)",
+                crate::error::printable(line)
             ));
         }
         match fields[0].parse::<u32>() {

@@ -334,7 +334,12 @@ fn format_line(record: &Record<'_>, now: SystemTime) -> String {
     line.push_str("\",\"@message\":");
     push_json_string(&mut line, &record.args().to_string());
     line.push_str(",\"@module\":");
-    push_json_string(&mut line, module);
+    // A plugin's line re-emitted by a host carries the plugin's own
+    // `@module`: one key, named as hclog names a sub-logger.
+    match record.key_values().get(log::kv::Key::from("@module")) {
+        Some(sub) => push_json_string(&mut line, &format!("{module}.{sub}")),
+        None => push_json_string(&mut line, module),
+    }
     line.push_str(",\"@timestamp\":\"");
     push_timestamp(&mut line, now);
     line.push('"');
@@ -353,6 +358,13 @@ impl<'kvs> log::kv::VisitSource<'kvs> for Fields<'_> {
         key: log::kv::Key<'kvs>,
         value: log::kv::Value<'kvs>,
     ) -> std::result::Result<(), log::kv::Error> {
+        // Written once, above.
+        if matches!(
+            key.as_str(),
+            "@module" | "@level" | "@message" | "@timestamp"
+        ) {
+            return Ok(());
+        }
         self.0.push(',');
         push_json_string(self.0, key.as_str());
         self.0.push(':');
@@ -467,6 +479,24 @@ mod tests {
             push_timestamp(&mut got, at);
             assert_eq!(got, *want);
         }
+    }
+
+    /// A plugin's line re-emitted by a host: one `@module`, the plugin's
+    /// named under the host's target.
+    #[test]
+    fn a_records_own_module_is_named_under_its_target() {
+        let at = UNIX_EPOCH + Duration::from_secs(1);
+        let fields = [("@module", "echo"), ("key", "k")];
+        let record = Record::builder()
+            .level(Level::Info)
+            .target("plugin.sh")
+            .key_values(&fields)
+            .args(format_args!("m"))
+            .build();
+        let line = format_line(&record, at);
+        assert_eq!(line.matches("@module").count(), 1, "{line}");
+        assert!(line.contains("\"@module\":\"plugin.sh.echo\""), "{line}");
+        assert!(line.contains("\"key\":\"k\""), "{line}");
     }
 
     #[test]

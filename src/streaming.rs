@@ -15,6 +15,11 @@
 //! the message, so a producer faster than its reader waits in `send`
 //! instead of filling memory.
 //!
+//! A call that ends with an error status: a Go client reads every response
+//! sent before it, then the status; grpcio's client (and so [`Replies`])
+//! reports the status as soon as it has it, and may skip responses sent
+//! just ahead of it. A handler whose last responses matter ends with `Ok`.
+//!
 //! # What a stream costs
 //!
 //! A stream served this way holds one pool thread from its first request to
@@ -463,13 +468,15 @@ mod tests {
         (items, None)
     }
 
+    /// (grpcio's client reports a failed call's status as soon as it has
+    /// it, sometimes before the responses sent just ahead of it: after a
+    /// failure, at most the two are seen.)
     #[test]
     fn a_stream_ends_as_its_handler_returns() {
         assert_eq!(watch(BlockingPool::new(2), "ok"), (2, None));
-        assert_eq!(
-            watch(BlockingPool::new(2), "fail"),
-            (2, Some(RpcStatusCode::FAILED_PRECONDITION))
-        );
+        let (items, status) = watch(BlockingPool::new(2), "fail");
+        assert!(items <= 2);
+        assert_eq!(status, Some(RpcStatusCode::FAILED_PRECONDITION));
     }
 
     /// A handler that panics mid-stream ends the call INTERNAL, after what
@@ -477,10 +484,9 @@ mod tests {
     #[test]
     fn a_panicking_stream_handler_ends_the_call_internal() {
         let pool = BlockingPool::new(1);
-        assert_eq!(
-            watch(pool.clone(), "panic"),
-            (2, Some(RpcStatusCode::INTERNAL))
-        );
+        let (items, status) = watch(pool.clone(), "panic");
+        assert!(items <= 2);
+        assert_eq!(status, Some(RpcStatusCode::INTERNAL));
         assert_eq!(watch(pool, "ok"), (2, None));
     }
 

@@ -17,6 +17,8 @@
 //! string), the line is logged as plain text at debug.
 
 use log::{Level, Record};
+
+use crate::error::printable;
 use serde_json::{Map, Value};
 
 /// Re-emits a plugin's stderr lines under one `log` target.
@@ -56,6 +58,13 @@ impl StderrLog {
         if level > log::max_level() {
             return;
         }
+        // What the plugin wrote reaches the host's log (and maybe a
+        // terminal) without its control characters.
+        let message = printable(message);
+        let fields: Vec<(String, String)> = fields
+            .iter()
+            .map(|(key, value)| (printable(key), printable(value)))
+            .collect();
         log::logger().log(
             &Record::builder()
                 .level(level)

@@ -169,7 +169,10 @@ impl Starting {
             ));
         }
         let tls = match (dial.host_cert, &parsed.server_cert, dial.tls) {
-            (Some(host), Some(cert), _) => Some(Arc::new(host.trust(cert)?)),
+            (Some(host), Some(cert), _) => Some(Arc::new(
+                host.trust(cert)
+                    .map_err(|e| self.fail("handshake", e.to_string()))?,
+            )),
             (Some(_), None, _) => {
                 return Err(self.fail(
                     "handshake",
@@ -178,7 +181,10 @@ impl Starting {
                         .into(),
                 ));
             }
-            (None, Some(cert), Some(tls)) => Some(Arc::new(tls.trusting_field(cert)?)),
+            (None, Some(cert), Some(tls)) => Some(Arc::new(
+                tls.trusting_field(cert)
+                    .map_err(|e| self.fail("handshake", e.to_string()))?,
+            )),
             (None, None, Some(tls)) => Some(Arc::new(tls.clone())),
             (None, Some(_), None) => {
                 return Err(self.fail(

@@ -10,7 +10,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::support::{
-    assert_nothing_left, cargo_example, go_binary, processes_in, repo, run, tempdir,
+    assert_nothing_left, cargo_example, example_bin, go_binary, processes_in, repo, run, tempdir,
 };
 
 /// The hostile plugin's command line (a Python in the test venv).
@@ -133,4 +133,34 @@ fn a_sigkilled_host_leaves_no_process_of_a_plugin_behind_sh_c() {
         }
         assert_nothing_left(dir.path(), tmp.path());
     }
+}
+
+/// A plugin that never answers: `kv-host` gives up at its deadline
+/// (`KV_HOST_TIMEOUT`, 30 s by default), with the call's status.
+#[test]
+fn an_example_host_does_not_wait_for_ever() {
+    let dir = tempdir();
+    let mut host = Command::new(example_bin("kv-host"));
+    host.current_dir(dir.path())
+        .env("TMPDIR", dir.path())
+        .env("KV_PLUGIN", format!("exec {}", hostile_plugin()))
+        .env("HOSTILE", "hang")
+        .env("KV_HOST_TIMEOUT", "1")
+        .args(["get", "k"]);
+    let out = run(host);
+    assert!(!out.status.success());
+    assert!(
+        out.stdout_str().contains("DEADLINE_EXCEEDED"),
+        "{}",
+        out.stdout_str()
+    );
+    let mut host = Command::new(example_bin("kv-host"));
+    host.env("KV_HOST_TIMEOUT", "soon").args(["get", "k"]);
+    let out = run(host);
+    assert!(
+        out.stdout_str()
+            .contains("KV_HOST_TIMEOUT=\"soon\": give seconds"),
+        "{}",
+        out.stdout_str()
+    );
 }

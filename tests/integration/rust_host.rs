@@ -292,6 +292,22 @@ fn an_address_other_than_ip_port_or_an_absolute_path_is_refused_without_dialling
     );
 }
 
+/// A certificate (field 6) that is base64 but no X.509 certificate: the
+/// error names the plugin and the step, and carries its stderr, as every
+/// start error does; what the plugin printed is shown without its control
+/// characters.
+#[test]
+fn a_bad_certificate_is_a_start_error_like_the_others() {
+    let cert = "QUJD".repeat(20);
+    refused_at_once(
+        &format!(
+            "printf 'about to lie \\033[31m\\n' >&2; echo '1|1|unix|/nowhere|grpc|{cert}'; exec sleep 30"
+        ),
+        true,
+        &["handshake: ", "about to lie \\u{1b}[31m"],
+    );
+}
+
 #[test]
 fn a_plugin_of_another_version_is_refused_with_both_versions() {
     refused_at_once(

@@ -3,8 +3,10 @@
 //! host) start their plugin and report errors the same way.
 
 use std::process::{Command, ExitCode};
+use std::time::Duration;
 
 use goplugin::Client;
+use goplugin::grpcio::CallOption;
 use goplugin::log::LevelFilter;
 
 use crate::HANDSHAKE;
@@ -45,4 +47,26 @@ pub fn start(plugin_var: &str, automtls_var: &str) -> Result<Client, String> {
         .auto_mtls(std::env::var(automtls_var).as_deref() == Ok("1"))
         .start()
         .map_err(|err| err.to_string())
+}
+
+/// The options of each call: a deadline of `$timeout_var` seconds (default
+/// 30), so that a plugin that never answers cannot hang the host; `0`
+/// waits for ever.
+pub fn call_options(timeout_var: &str) -> Result<CallOption, String> {
+    let seconds = match std::env::var(timeout_var) {
+        Ok(value) => value
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .ok_or(format!(
+                "{timeout_var}={value:?}: give seconds, such as 30 (0: no deadline)"
+            ))?,
+        Err(_) => 30.0,
+    };
+    Ok(if seconds == 0.0 {
+        CallOption::default()
+    } else {
+        CallOption::default().timeout(Duration::from_secs_f64(seconds))
+    })
 }

@@ -14,6 +14,9 @@
 //!   both ways use it too).
 //! - `COUNTER_HOST_LOG`: the level of this host's log on stderr (default
 //!   `warn`).
+//! - `COUNTER_HOST_TIMEOUT`: the deadline of each call in seconds (default
+//!   30; `0`: none), so that a plugin that never answers cannot hang the
+//!   host.
 //!
 //! `get` prints the count; errors print `Error: …` on stdout and exit 1, as
 //! go-plugin's host does.
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Vec<String>) -> Result<(), String> {
+    let options = host::call_options("COUNTER_HOST_TIMEOUT")?;
     let client = host::start("COUNTER_PLUGIN", "COUNTER_HOST_AUTOMTLS")?;
     let counter = CounterClient::new(client.channel());
     match args.as_slice() {
@@ -53,7 +57,9 @@ fn run(args: Vec<String>) -> Result<(), String> {
                 key: key.clone(),
                 ..GetRequest::default()
             };
-            let reply = counter.get(&request).map_err(|err| err.to_string())?;
+            let reply = counter
+                .get_opt(&request, options)
+                .map_err(|err| err.to_string())?;
             println!("{}", reply.value);
             Ok(())
         }
@@ -73,7 +79,7 @@ fn run(args: Vec<String>) -> Result<(), String> {
                 ..PutRequest::default()
             };
             counter
-                .put(&request)
+                .put_opt(&request, options)
                 .map(drop)
                 .map_err(|err| err.to_string())
         }

@@ -13,6 +13,8 @@
 //! - `KV_PROTO`: `grpc`, or unset; `netrpc` is refused (this host speaks
 //!   gRPC only), anything else is go-plugin's "must set KV_PROTO" error.
 //! - `KV_HOST_AUTOMTLS=1`: go-plugin's AutoMTLS.
+//! - `KV_HOST_TIMEOUT`: the deadline of each call in seconds (default 30;
+//!   `0`: none), so that a plugin that never answers cannot hang the host.
 //! - `KV_HOST_LOG`: the level of this host's log on stderr (hclog JSON,
 //!   the plugin's lines re-emitted at theirs): `off`, `error`, `warn`
 //!   (default), `info`, `debug`, `trace`.
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Vec<String>) -> Result<(), String> {
+    let options = host::call_options("KV_HOST_TIMEOUT")?;
     let client = host::start("KV_PLUGIN", "KV_HOST_AUTOMTLS")?;
     match std::env::var("KV_PROTO").as_deref() {
         Ok("grpc") | Err(_) => {}
@@ -51,7 +54,9 @@ fn run(args: Vec<String>) -> Result<(), String> {
                 key: key.clone(),
                 ..GetRequest::default()
             };
-            let reply = kv.get(&request).map_err(|err| err.to_string())?;
+            let reply = kv
+                .get_opt(&request, options)
+                .map_err(|err| err.to_string())?;
             let mut out = std::io::stdout().lock();
             // A closed stdout is the reader's business, not an error here.
             let _ = out
@@ -65,7 +70,9 @@ fn run(args: Vec<String>) -> Result<(), String> {
                 value: value.clone().into_bytes(),
                 ..PutRequest::default()
             };
-            kv.put(&request).map(drop).map_err(|err| err.to_string())
+            kv.put_opt(&request, options)
+                .map(drop)
+                .map_err(|err| err.to_string())
         }
         [command, ..] => Err(format!(
             "please only use 'get' or 'put', given: {command:?}"
