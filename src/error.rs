@@ -157,6 +157,17 @@ pub(crate) fn printable(text: &str) -> String {
     out
 }
 
+// The wrapped errors are written into the messages above, so they are not
+// also returned from `source()`: error reporters would print them twice.
+impl From<grpcio::Error> for Error {
+    fn from(err: grpcio::Error) -> Self {
+        Error::Grpc(err)
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,14 +184,3 @@ mod tests {
         assert!(err.to_string().ends_with("\\u{7}bell"), "{err}");
     }
 }
-
-// The wrapped errors are written into the messages above, so they are not
-// also returned from `source()`: error reporters would print them twice.
-impl From<grpcio::Error> for Error {
-    fn from(err: grpcio::Error) -> Self {
-        Error::Grpc(err)
-    }
-}
-
-/// `Result` with this crate's [`Error`].
-pub type Result<T, E = Error> = std::result::Result<T, E>;
