@@ -114,11 +114,23 @@ fn a_sigkilled_host_leaves_no_process_of_a_plugin_behind_sh_c() {
             .read_line(&mut line)
             .expect("the host's first line");
         assert!(line.starts_with("pid="), "{name}: host said {line:?}");
-        // The shell and the plugin, its child.
+        // The plugin runs as the shell's child: a grandchild of the host.
         let running = processes_in(dir.path());
+        let parent = |pid: u32| -> Option<u32> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            stat.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        };
+        let host_pid = host.id();
         assert!(
-            running.len() >= 2,
-            "{name}: {running:?} run in the plugin's directory"
+            running.iter().any(|pid| {
+                parent(*pid).is_some_and(|ppid| ppid != host_pid && parent(ppid) == Some(host_pid))
+            }),
+            "{name}: no grandchild of the host among {running:?}"
         );
         thread::sleep(Duration::from_millis(200));
         host.kill().expect("SIGKILL the host");
