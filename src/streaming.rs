@@ -348,7 +348,16 @@ impl<T> RequestSender<T> {
     /// Says that the last request was sent (a half-close); the responses
     /// go on.
     pub fn finish(mut self) -> grpcio::Result<()> {
-        block_on(self.sink.close())
+        match block_on(self.sink.close()) {
+            // grpcio says "finished" when the call ended with OK while the
+            // close was on its way: the close did its work.
+            Err(grpcio::Error::RpcFinished(None)) => Ok(()),
+            Err(grpcio::Error::RpcFinished(Some(status))) if status.code() == RpcStatusCode::OK => {
+                Ok(())
+            }
+            Err(grpcio::Error::RpcFinished(Some(status))) => Err(grpcio::Error::RpcFailure(status)),
+            other => other,
+        }
     }
 }
 
