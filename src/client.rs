@@ -351,11 +351,14 @@ impl ClientBuilder {
         let Some(mut command) = self.command.take() else {
             return Err(self.error("start", "no command".into()));
         };
+        // The command is taken: errors name the plugin as computed above,
+        // and the program as given.
+        let given = command.get_program().to_string_lossy().into_owned();
         if let Some(secure) = &self.secure {
             let program = resolve_program(command.get_program(), command.get_current_dir());
-            secure
-                .check(&program)
-                .map_err(|reason| self.error("secure config", reason))?;
+            secure.check(&program).map_err(|reason| {
+                Error::client(&*name, "secure config", format!("{given:?}: {reason}"))
+            })?;
         }
         let host_cert = if self.auto_mtls {
             Some(HostCertificate::generate()?)
@@ -374,12 +377,12 @@ impl ClientBuilder {
         .map_err(|err| {
             let reason = match err.kind() {
                 io::ErrorKind::NotFound => format!(
-                    "cannot run the plugin's command: {err}; check the path (no shell is \
-                     involved unless the command is one)"
+                    "cannot run the plugin's command {given:?}: {err}; check the path (no \
+                     shell is involved unless the command is one)"
                 ),
-                _ => format!("cannot run the plugin's command: {err}"),
+                _ => format!("cannot run the plugin's command {given:?}: {err}"),
             };
-            self.error("start", reason)
+            Error::client(&*name, "start", reason)
         })?;
         let process = started.process;
         let target = format!("plugin.{name}");

@@ -387,6 +387,23 @@ fn sha256(path: &Path) -> String {
         .to_string()
 }
 
+/// A missing program: the error names the plugin and the program as
+/// given, not a placeholder.
+#[test]
+fn a_missing_program_is_named() {
+    let err = Client::builder(HANDSHAKE)
+        .command(Command::new("./no-such-plugin"))
+        .start()
+        .expect_err("no such program")
+        .to_string();
+    assert!(
+        err.starts_with(
+            "plugin no-such-plugin: start: cannot run the plugin's command \"./no-such-plugin\""
+        ),
+        "{err}"
+    );
+}
+
 #[test]
 fn secure_config_refuses_a_binary_with_another_checksum() {
     let place = Place::new();
@@ -400,9 +417,14 @@ fn secure_config_refuses_a_binary_with_another_checksum() {
         .expect_err("wrong checksum")
         .to_string();
     assert!(
-        err.contains("secure config: checksums did not match"),
-        "{err}"
+        err.starts_with("plugin kv-plugin: secure config: "),
+        "names the plugin: {err}"
     );
+    assert!(
+        err.contains(&format!("{:?}", plugin.display().to_string())),
+        "names the program: {err}"
+    );
+    assert!(err.contains("checksums did not match"), "{err}");
     assert!(
         err.contains(&sha256(&plugin)),
         "names the checksum found: {err}"
