@@ -3,6 +3,8 @@
 //! says it ([`PluginServer::reattach_config`](crate::PluginServer::reattach_config)),
 //! a host attaches with it ([`ClientBuilder::reattach`](crate::ClientBuilder::reattach)).
 
+use std::collections::BTreeMap;
+
 use crate::error::{Error, Result};
 use crate::handshake::Network;
 use crate::listener::Listener;
@@ -29,14 +31,7 @@ impl ReattachConfig {
     /// "Addr":{"Network":"unix","String":"/tmp/plugin123"},"Pid":42,
     /// "Test":true}`.
     pub fn to_json(&self) -> String {
-        serde_json::json!({
-            "Protocol": self.protocol,
-            "ProtocolVersion": self.protocol_version,
-            "Addr": {"Network": self.addr.network.as_str(), "String": self.addr.address},
-            "Pid": self.pid,
-            "Test": self.test,
-        })
-        .to_string()
+        self.to_value().to_string()
     }
 
     /// Reads go-plugin's JSON form (see [`to_json`](Self::to_json)).
@@ -50,16 +45,70 @@ impl ReattachConfig {
     /// # Ok::<(), goplugin::Error>(())
     /// ```
     pub fn from_json(json: &str) -> Result<ReattachConfig> {
-        let invalid =
-            |reason: String| Error::client("reattach", "read the reattach configuration", reason);
         let value: serde_json::Value =
             serde_json::from_str(json).map_err(|e| invalid(format!("not JSON: {e}")))?;
+        ReattachConfig::from_value(&value).map_err(invalid)
+    }
+
+    /// A map of reattach configurations by key, as Terraform's and
+    /// OpenTofu's `TF_REATTACH_PROVIDERS` holds them (keyed by provider
+    /// address, such as `registry.terraform.io/goplugin/kv`): read from
+    /// its JSON.
+    ///
+    /// ```
+    /// use goplugin::ReattachConfig;
+    /// let providers = ReattachConfig::map_from_json(
+    ///     r#"{"registry.terraform.io/goplugin/kv":{"Protocol":"grpc","ProtocolVersion":6,"Addr":{"Network":"unix","String":"/tmp/plugin1"},"Pid":42,"Test":true}}"#,
+    /// )?;
+    /// let kv = &providers["registry.terraform.io/goplugin/kv"];
+    /// assert_eq!(kv.protocol_version, 6);
+    /// assert_eq!(ReattachConfig::map_from_json(&ReattachConfig::map_to_json(&providers))?, providers);
+    /// # Ok::<(), goplugin::Error>(())
+    /// ```
+    pub fn map_from_json(json: &str) -> Result<BTreeMap<String, ReattachConfig>> {
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| invalid(format!("not JSON: {e}")))?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| invalid("not a JSON object of reattach configurations".into()))?;
+        object
+            .iter()
+            .map(|(key, config)| {
+                ReattachConfig::from_value(config)
+                    .map(|config| (key.clone(), config))
+                    .map_err(|reason| invalid(format!("{key:?}: {reason}")))
+            })
+            .collect()
+    }
+
+    /// The JSON of a map of reattach configurations by key, as
+    /// `TF_REATTACH_PROVIDERS` holds them (see
+    /// [`map_from_json`](Self::map_from_json)).
+    pub fn map_to_json(configs: &BTreeMap<String, ReattachConfig>) -> String {
+        let object: serde_json::Map<String, serde_json::Value> = configs
+            .iter()
+            .map(|(key, config)| (key.clone(), config.to_value()))
+            .collect();
+        serde_json::Value::Object(object).to_string()
+    }
+
+    fn to_value(&self) -> serde_json::Value {
+        serde_json::json!({
+            "Protocol": self.protocol,
+            "ProtocolVersion": self.protocol_version,
+            "Addr": {"Network": self.addr.network.as_str(), "String": self.addr.address},
+            "Pid": self.pid,
+            "Test": self.test,
+        })
+    }
+
+    fn from_value(value: &serde_json::Value) -> std::result::Result<ReattachConfig, String> {
         let text = |value: &serde_json::Value, key: &str| {
             value
                 .get(key)
                 .and_then(serde_json::Value::as_str)
                 .map(str::to_string)
-                .ok_or_else(|| invalid(format!("{key} is missing or not a string")))
+                .ok_or_else(|| (format!("{key} is missing or not a string")))
         };
         let number = |key: &str| {
             value
@@ -69,20 +118,18 @@ impl ReattachConfig {
         };
         let addr = value
             .get("Addr")
-            .ok_or_else(|| invalid("Addr is missing".into()))?;
+            .ok_or_else(|| "Addr is missing".to_string())?;
         let network = match text(addr, "Network")?.as_str() {
             "unix" => Network::Unix,
             "tcp" => Network::Tcp,
             other => {
-                return Err(invalid(format!(
-                    "Addr.Network {other:?} is not unix or tcp"
-                )));
+                return Err((format!("Addr.Network {other:?} is not unix or tcp")));
             }
         };
         Ok(ReattachConfig {
             protocol: text(&value, "Protocol").unwrap_or_else(|_| "grpc".into()),
             protocol_version: number("ProtocolVersion")
-                .ok_or_else(|| invalid("ProtocolVersion is missing".into()))?,
+                .ok_or_else(|| "ProtocolVersion is missing".to_string())?,
             addr: Listener {
                 network,
                 address: text(addr, "String")?,
@@ -94,6 +141,11 @@ impl ReattachConfig {
                 .unwrap_or(false),
         })
     }
+}
+
+/// A reattach configuration that cannot be read.
+fn invalid(reason: String) -> Error {
+    Error::client("reattach", "read the reattach configuration", reason)
 }
 
 #[cfg(test)]
@@ -119,5 +171,32 @@ mod tests {
         ] {
             assert!(ReattachConfig::from_json(bad).is_err(), "{bad}");
         }
+    }
+
+    /// `TF_REATTACH_PROVIDERS`: a map by provider address, read whole, and
+    /// a bad entry named by its key.
+    #[test]
+    fn reattach_maps_are_terraforms() {
+        let one = r#"{"Protocol":"grpc","ProtocolVersion":6,"Addr":{"Network":"unix","String":"/tmp/plugin1"},"Pid":42,"Test":true}"#;
+        let json = format!(
+            r#"{{"registry.terraform.io/goplugin/kv":{one},"registry.opentofu.org/goplugin/kv":{one}}}"#
+        );
+        let map = ReattachConfig::map_from_json(&json).unwrap();
+        assert_eq!(map.len(), 2);
+        assert_eq!(map["registry.terraform.io/goplugin/kv"].pid, 42);
+        assert_eq!(
+            ReattachConfig::map_from_json(&ReattachConfig::map_to_json(&map)).unwrap(),
+            map
+        );
+        let bad = ReattachConfig::map_from_json(r#"{"a/b/c":{"Addr":{}}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.ends_with(
+                "read the reattach configuration: \"a/b/c\": Network is missing or not a string"
+            ),
+            "{bad}"
+        );
+        assert!(ReattachConfig::map_from_json("[]").is_err());
     }
 }
