@@ -108,7 +108,7 @@ impl ReattachConfig {
                 .get(key)
                 .and_then(serde_json::Value::as_str)
                 .map(str::to_string)
-                .ok_or_else(|| (format!("{key} is missing or not a string")))
+                .ok_or_else(|| format!("{key} is missing or not a string"))
         };
         let number = |key: &str| {
             value
@@ -123,7 +123,7 @@ impl ReattachConfig {
             "unix" => Network::Unix,
             "tcp" => Network::Tcp,
             other => {
-                return Err((format!("Addr.Network {other:?} is not unix or tcp")));
+                return Err(format!("Addr.Network {other:?} is not unix or tcp"));
             }
         };
         Ok(ReattachConfig {
