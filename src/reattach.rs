@@ -127,7 +127,7 @@ impl ReattachConfig {
             }
         };
         Ok(ReattachConfig {
-            protocol: text(&value, "Protocol").unwrap_or_else(|_| "grpc".into()),
+            protocol: text(value, "Protocol").unwrap_or_else(|_| "grpc".into()),
             protocol_version: number("ProtocolVersion")
                 .ok_or_else(|| "ProtocolVersion is missing".to_string())?,
             addr: Listener {
