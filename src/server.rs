@@ -249,7 +249,9 @@ impl PluginServerBuilder {
     /// when its plugins stop. Default: true.
     ///
     /// The signal is caught by a handler that does nothing, so child
-    /// processes the plugin starts get the default disposition back.
+    /// processes the plugin starts get the default disposition back; when
+    /// `serve` returns (and no other server of the process serves), SIGINT
+    /// does again what it did before.
     pub fn ignore_sigint(mut self, ignore: bool) -> Self {
         self.ignore_sigint = ignore;
         self
@@ -259,8 +261,9 @@ impl PluginServerBuilder {
     /// host's `Kill()` does (calls in progress cancelled, the socket file
     /// removed, `serve` returns `Ok`), instead of killing the process and
     /// leaving its socket file behind, as they do to a Go plugin.
-    /// Default: true. The handlers stay installed for the rest of the
-    /// process, and are reset in child processes at `exec`.
+    /// Default: true. The handlers are installed while `serve` runs (reset
+    /// in child processes at `exec`); when it returns, and no other server
+    /// of the process serves, the signals do again what they did before.
     pub fn stop_on_signals(mut self, stop: bool) -> Self {
         self.stop_on_signals = stop;
         self
@@ -549,10 +552,16 @@ impl PluginServer {
         if self.debug {
             return self.serve_debug();
         }
-        if self.ignore_sigint {
-            crate::sys::ignore_sigint();
-        }
-        // Unregistered when `serve` returns.
+        // Ignored while serving; given back as it was when `serve`
+        // returns (an application that embeds the plugin keeps its Ctrl-C).
+        let _sigint = if self.ignore_sigint {
+            signals::ignore_sigint()
+                .map_err(|reason| log::warn!("SIGINT is not ignored: {reason}"))
+                .ok()
+        } else {
+            None
+        };
+        // Unregistered, and the signals given back, when `serve` returns.
         let _signals = match self
             .stop_on_signals
             .then(|| signals::stop_on_signals(self.shutdown.clone()))

@@ -1,14 +1,20 @@
 //! SIGTERM and SIGHUP (and SIGINT, in debug mode) stop the plugin as the
-//! host's `Kill()` does: calls
-//! in progress are cancelled, the socket file is removed, `serve` returns.
-//! (A Go plugin dies of them at once and leaves its socket file behind.)
+//! host's `Kill()` does: calls in progress are cancelled, the socket file
+//! is removed, `serve` returns. (A Go plugin dies of them at once and
+//! leaves its socket file behind.) And SIGINT is ignored while serving, as
+//! go-plugin's `Serve` does.
 //!
 //! One process-wide pipe and thread: the signal handler writes the signal
-//! to the pipe ([`sys::catch_stop_signals`]), the thread reads it and stops
-//! every server that is serving at the time. With none serving (before
-//! `serve`, or after it returned) the signal does what it would have done
-//! uncaught: the process ends.
+//! to the pipe ([`sys::catch_as_stop`]), the thread reads it and stops
+//! every server that is serving at the time.
+//!
+//! Every disposition is taken for as long as some server serves, and given
+//! back as it was when the last one stops ([`Taken`]): an application that
+//! embeds a plugin, stops it and goes on has its own Ctrl-C, SIGTERM and
+//! SIGHUP back. A signal that arrives as the last server stops does what
+//! the process had it do.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::sync::{Mutex, OnceLock};
@@ -16,48 +22,108 @@ use std::thread;
 
 use crate::locks::lock;
 use crate::shutdown::ShutdownHandle;
-use crate::sys;
+use crate::sys::{self, Disposition};
 
 /// Servers that are serving, with the id they registered under.
 static SERVING: Mutex<Vec<(u64, ShutdownHandle)>> = Mutex::new(Vec::new());
 
-/// Set up once per process: `Ok` when the handlers and thread run.
+/// Set up once per process: `Ok` when the pipe and the thread run.
 static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
 
+/// The signals taken: how many hold each, and what it did before.
+static TAKEN: Mutex<Option<HashMap<libc::c_int, (usize, Disposition)>>> = Mutex::new(None);
+
 /// Stops `handle`'s server on SIGTERM or SIGHUP until the returned guard
-/// is dropped. Installs the handlers and the thread on first use.
+/// is dropped. Sets up the pipe and the thread on first use.
 ///
 /// # Errors
 /// The pipe, the handlers or the thread could not be set up (the message
 /// says which); nothing is registered then.
 pub(crate) fn stop_on_signals(handle: ShutdownHandle) -> Result<Registration, String> {
     INSTALLED.get_or_init(install).clone()?;
-    register(handle)
+    let taken = vec![
+        take(libc::SIGTERM, sys::catch_as_stop)?,
+        take(libc::SIGHUP, sys::catch_as_stop)?,
+    ];
+    Ok(register(handle, taken))
 }
 
 /// [`stop_on_signals`], and SIGINT too: for a plugin in debug mode, which
-/// a person stops with Ctrl-C. The SIGINT handler stays for the process:
-/// with no server serving, SIGINT ends it, as uncaught.
+/// a person stops with Ctrl-C.
 pub(crate) fn stop_on_signals_and_sigint(handle: ShutdownHandle) -> Result<Registration, String> {
     INSTALLED.get_or_init(install).clone()?;
-    sys::catch_sigint_as_stop().map_err(|err| format!("cannot catch SIGINT: {err}"))?;
-    register(handle)
+    let taken = vec![
+        take(libc::SIGTERM, sys::catch_as_stop)?,
+        take(libc::SIGHUP, sys::catch_as_stop)?,
+        take(libc::SIGINT, sys::catch_as_stop)?,
+    ];
+    Ok(register(handle, taken))
 }
 
-fn register(handle: ShutdownHandle) -> Result<Registration, String> {
+/// Ignores SIGINT until the returned guard is dropped (go-plugin's
+/// `Serve` ignores it: the host owns shutdown).
+pub(crate) fn ignore_sigint() -> Result<Taken, String> {
+    take(libc::SIGINT, |_| sys::ignore_sigint())
+}
+
+/// Installs `install`'s handler for `signal`, keeping what the signal did
+/// before the first holder took it.
+fn take(
+    signal: libc::c_int,
+    install: impl FnOnce(libc::c_int) -> std::io::Result<Disposition>,
+) -> Result<Taken, String> {
+    let mut taken = lock(&TAKEN);
+    let taken = taken.get_or_insert_with(HashMap::new);
+    let before = install(signal).map_err(|err| format!("cannot catch signal {signal}: {err}"))?;
+    taken
+        .entry(signal)
+        .and_modify(|(holders, _)| *holders += 1)
+        .or_insert((1, before));
+    Ok(Taken(signal))
+}
+
+/// A signal taken by [`take`]: given back as it was once the last holder
+/// is dropped.
+#[derive(Debug)]
+pub(crate) struct Taken(libc::c_int);
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        let mut taken = lock(&TAKEN);
+        let Some(taken) = taken.as_mut() else { return };
+        if let Some((holders, before)) = taken.get_mut(&self.0) {
+            *holders -= 1;
+            if *holders == 0 {
+                sys::restore(self.0, before);
+                taken.remove(&self.0);
+            }
+        }
+    }
+}
+
+fn register(handle: ShutdownHandle, taken: Vec<Taken>) -> Registration {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     lock(&SERVING).push((id, handle));
-    Ok(Registration(id))
+    Registration { id, taken }
 }
 
-/// Unregisters a server from [`stop_on_signals`] when dropped.
+/// Unregisters a server from [`stop_on_signals`] when dropped, and gives
+/// the signals back if it was the last.
 #[derive(Debug)]
-pub(crate) struct Registration(u64);
+pub(crate) struct Registration {
+    id: u64,
+    taken: Vec<Taken>,
+}
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        lock(&SERVING).retain(|(id, _)| *id != self.0);
+        // Under the lock the signal thread checks: once it sees nobody
+        // serving, the signals are given back, and raising one again does
+        // what the process had it do.
+        let mut serving = lock(&SERVING);
+        serving.retain(|(id, _)| *id != self.id);
+        self.taken.clear();
     }
 }
 
@@ -73,7 +139,7 @@ fn install() -> Result<(), String> {
                 let serving = lock(&SERVING);
                 if serving.is_empty() {
                     drop(serving);
-                    sys::raise_with_default_action(signal);
+                    sys::raise(signal);
                     continue;
                 }
                 log::warn!(
@@ -86,8 +152,7 @@ fn install() -> Result<(), String> {
             }
         })
         .map_err(|err| format!("cannot start the SIGTERM thread: {err}"))?;
-    sys::catch_stop_signals(writer.as_raw_fd())
-        .map_err(|err| format!("cannot catch SIGTERM and SIGHUP: {err}"))?;
+    sys::set_stop_pipe(writer.as_raw_fd());
     // The handler writes to it for the rest of the process.
     std::mem::forget(writer);
     Ok(())

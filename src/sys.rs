@@ -112,30 +112,53 @@ pub(crate) fn group_id(name: &CStr) -> Option<libc::gid_t> {
     (rc == 0 && !found.is_null()).then_some(entry.gr_gid)
 }
 
-/// Catches SIGINT with a handler that does nothing (go-plugin's `Serve`
-/// ignores the signal). A handler, unlike `SIG_IGN`, is reset to the
-/// default in child processes at `exec`.
-pub(crate) fn ignore_sigint() {
-    extern "C" fn on_sigint(_: libc::c_int) {}
-    let _ = set_handler(libc::SIGINT, on_sigint);
+/// What a signal did before a handler of this crate replaced it, to give
+/// back with [`restore`].
+#[derive(Clone, Copy)]
+pub(crate) struct Disposition(libc::sigaction);
+
+impl std::fmt::Debug for Disposition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Disposition").finish_non_exhaustive()
+    }
 }
 
-/// Catches `signal` with `handler` (`SA_RESTART`, no signal masked). The
-/// handler must do only async-signal-safe work.
-fn set_handler(signal: libc::c_int, handler: extern "C" fn(libc::c_int)) -> io::Result<()> {
-    // SAFETY: a zeroed, then fully initialised, struct; the handler's
-    // async-signal safety is the caller's promise.
-    let installed = unsafe {
+/// Catches SIGINT with a handler that does nothing (go-plugin's `Serve`
+/// ignores the signal). A handler, unlike `SIG_IGN`, is reset to the
+/// default in child processes at `exec`. Returns what SIGINT did before.
+pub(crate) fn ignore_sigint() -> io::Result<Disposition> {
+    extern "C" fn on_sigint(_: libc::c_int) {}
+    set_handler(libc::SIGINT, on_sigint)
+}
+
+/// Catches `signal` with `handler` (`SA_RESTART`, no signal masked), and
+/// returns what it did before. The handler must do only
+/// async-signal-safe work.
+fn set_handler(
+    signal: libc::c_int,
+    handler: extern "C" fn(libc::c_int),
+) -> io::Result<Disposition> {
+    // SAFETY: zeroed, then fully initialised, structs; sigaction writes the
+    // old one into `old`; the handler's async-signal safety is the
+    // caller's promise.
+    let (installed, old) = unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = handler as libc::sighandler_t;
         action.sa_flags = libc::SA_RESTART;
         libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(signal, &action, std::ptr::null_mut())
+        let mut old: libc::sigaction = std::mem::zeroed();
+        (libc::sigaction(signal, &action, &mut old), old)
     };
     if installed != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    Ok(Disposition(old))
+}
+
+/// Gives `signal` back what it did before ([`Disposition`]).
+pub(crate) fn restore(signal: libc::c_int, disposition: &Disposition) {
+    // SAFETY: `disposition` holds a sigaction the kernel filled in.
+    unsafe { libc::sigaction(signal, &disposition.0, std::ptr::null_mut()) };
 }
 
 /// abseil's CPU-frequency measurement, now (`abseil-cpufreq` feature,
@@ -151,14 +174,11 @@ pub(crate) fn measure_cpu_frequency() -> bool {
     unsafe { goplugin_measure_cpu_frequency() != 0 }
 }
 
-/// Gives `signal` its default action back and raises it: what it would
-/// have done had it not been caught (SIGTERM, SIGHUP: end the process).
-pub(crate) fn raise_with_default_action(signal: libc::c_int) {
-    // SAFETY: signal(2) to SIG_DFL and raise(3) take no memory.
-    unsafe {
-        libc::signal(signal, libc::SIG_DFL);
-        libc::raise(signal);
-    }
+/// Raises `signal` again: once this crate's handler is gone, it does what
+/// the process had it do (by default, SIGTERM and SIGHUP end it).
+pub(crate) fn raise(signal: libc::c_int) {
+    // SAFETY: raise(3) takes no memory.
+    unsafe { libc::raise(signal) };
 }
 
 /// Where the stop-signal handler writes: the write end of a pipe, or -1.
@@ -179,22 +199,19 @@ extern "C" fn on_stop_signal(signal: libc::c_int) {
     }
 }
 
-/// Catches SIGTERM and SIGHUP with a handler that writes the signal's
-/// number, as one byte, to `pipe` (the write end of a pipe the caller keeps
-/// open for the rest of the process), so that a thread reading the other
-/// end can stop the plugin. Handlers are reset to the default in child
-/// processes at `exec`.
-pub(crate) fn catch_stop_signals(pipe: RawFd) -> io::Result<()> {
+/// Where [`catch_as_stop`]'s handler writes: the write end of a pipe the
+/// caller keeps open for the rest of the process, whose other end a thread
+/// reads to stop the plugin.
+pub(crate) fn set_stop_pipe(pipe: RawFd) {
     STOP_SIGNAL_PIPE.store(pipe, std::sync::atomic::Ordering::Relaxed);
-    set_handler(libc::SIGTERM, on_stop_signal)?;
-    set_handler(libc::SIGHUP, on_stop_signal)
 }
 
-/// Has SIGINT (Ctrl-C) go the way of SIGTERM and SIGHUP, once
-/// [`catch_stop_signals`] has set up the pipe: a plugin in debug mode runs
-/// in a terminal, without a host to stop it.
-pub(crate) fn catch_sigint_as_stop() -> io::Result<()> {
-    set_handler(libc::SIGINT, on_stop_signal)
+/// Catches `signal` (SIGTERM, SIGHUP, or SIGINT in debug mode) with a
+/// handler that writes its number, as one byte, to the stop pipe
+/// ([`set_stop_pipe`]). Handlers are reset to the default in child
+/// processes at `exec`. Returns what the signal did before.
+pub(crate) fn catch_as_stop(signal: libc::c_int) -> io::Result<Disposition> {
+    set_handler(signal, on_stop_signal)
 }
 
 /// Has a plugin command, in the child between `fork` and `exec`: lead a

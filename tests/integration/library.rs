@@ -533,3 +533,53 @@ fn a_server_dropped_unserved_leaves_no_socket_file() {
         assert!(broker.accept_and_serve(1, Vec::new()).is_err());
     }
 }
+
+/// An application that embeds a plugin (examples/embedding.rs) serves it
+/// from a thread and stops it: then SIGINT ends the application, as it did
+/// before the plugin served (serve gives the signals back).
+#[test]
+fn an_embedding_application_gets_its_signals_back() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+
+    for (signal, name) in [(libc::SIGINT, "INT"), (libc::SIGTERM, "TERM")] {
+        let dir = crate::support::tempdir();
+        let mut app = Command::new(crate::support::cargo_example("embedding"))
+            .args(["0.3", "30"])
+            .current_dir(dir.path())
+            .env("TMPDIR", dir.path())
+            .env("BASIC_PLUGIN", "hello")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the embedding example");
+        let stderr = app.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let stopped = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.contains("the plugin has stopped"));
+        assert!(stopped, "the application never said the plugin stopped");
+        let sent = Command::new("kill")
+            .args(["-s", name, &app.id().to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(sent.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let status = loop {
+            if let Some(status) = app.try_wait().expect("try_wait") {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = app.kill();
+                let _ = app.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let status = status.unwrap_or_else(|| panic!("SIG{name} did not end the application"));
+        assert_eq!(status.signal(), Some(signal), "{status:?}");
+    }
+}
