@@ -150,7 +150,9 @@
 //! - SIGINT is ignored while serving, as go-plugin plugins do: the host
 //!   owns shutdown. SIGTERM and SIGHUP stop the plugin as the host's
 //!   `Kill()` does (socket file removed), where a Go plugin dies of them
-//!   ([`PluginServerBuilder::stop_on_signals`]).
+//!   ([`PluginServerBuilder::stop_on_signals`]). All three are given back
+//!   as they were once `serve` returns (and no other server serves), so an
+//!   application that embeds a plugin keeps its own signals.
 //! - The library returns errors and never exits the process; the binary
 //!   decides.
 //! - The host's `Shutdown` (its `Kill()`) and a vanished host stop the
