@@ -543,6 +543,21 @@ impl ClientBuilder {
 ///     Ok(()) // dropping `client` calls the plugin's Shutdown, then kills it after 2 s
 /// }
 /// ```
+///
+/// # Seeing the plugin's logs
+///
+/// Every line the plugin writes on stderr is re-emitted through the `log`
+/// crate under the target `plugin.NAME`, at its hclog level with its
+/// fields, as go-plugin's host does: any `log` backend shows them, and
+/// without one they go nowhere. goplugin's own backend writes them, with
+/// the host's lines, as hclog JSON on stderr; install it before `start`:
+///
+/// ```no_run
+/// goplugin::logging::init(goplugin::log::LevelFilter::Info)?;
+/// // Client::builder(..)…start()?: the plugin's info, warn and error lines
+/// // now reach stderr, its debug and trace lines are left out.
+/// # Ok::<(), goplugin::Error>(())
+/// ```
 pub struct Client {
     name: String,
     process: Option<Process>,
