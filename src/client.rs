@@ -67,7 +67,7 @@ const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// How to start (or find) a plugin: go-plugin's `ClientConfig`. Get one
 /// from [`Client::builder`].
 pub struct ClientBuilder {
-    handshake: HandshakeConfig,
+    handshake: HandshakeConfig<String>,
     versions: Vec<u32>,
     command: Option<Command>,
     reattach: Option<ReattachConfig>,
@@ -492,8 +492,8 @@ impl ClientBuilder {
             .join(",");
         command
             .env(
-                self.handshake.magic_cookie_key,
-                self.handshake.magic_cookie_value,
+                &self.handshake.magic_cookie_key,
+                &self.handshake.magic_cookie_value,
             )
             .env(PLUGIN_MIN_PORT, self.ports.0.to_string())
             .env(PLUGIN_MAX_PORT, self.ports.1.to_string())
@@ -602,10 +602,10 @@ impl Client {
 
     /// How to start a plugin that serves `handshake` (the same constant
     /// the plugin uses).
-    pub fn builder(handshake: HandshakeConfig) -> ClientBuilder {
+    pub fn builder<S: AsRef<str>>(handshake: HandshakeConfig<S>) -> ClientBuilder {
         ClientBuilder {
-            handshake,
             versions: vec![handshake.protocol_version],
+            handshake: handshake.owned(),
             command: None,
             reattach: None,
             secure: None,

@@ -108,17 +108,21 @@ impl PluginEnv {
     /// # Errors
     /// - [`Error::InvalidHandshakeConfig`]: the cookie key or value is empty;
     /// - [`Error::NotLaunchedByHost`]: the cookie is missing or different.
-    pub fn verify_cookie(&self, handshake: &HandshakeConfig) -> Result<()> {
-        if handshake.magic_cookie_key.is_empty() || handshake.magic_cookie_value.is_empty() {
+    pub fn verify_cookie<S: AsRef<str>>(&self, handshake: &HandshakeConfig<S>) -> Result<()> {
+        let (key, value) = (
+            handshake.magic_cookie_key.as_ref(),
+            handshake.magic_cookie_value.as_ref(),
+        );
+        if key.is_empty() || value.is_empty() {
             return Err(Error::InvalidHandshakeConfig {
                 reason: "no magic cookie key or value was set; set both in the HandshakeConfig \
                          (the host must use the same values)"
                     .to_string(),
             });
         }
-        if self.get(handshake.magic_cookie_key) != Some(handshake.magic_cookie_value) {
+        if self.get(key) != Some(value) {
             return Err(Error::NotLaunchedByHost {
-                cookie_key: handshake.magic_cookie_key.to_string(),
+                cookie_key: key.to_string(),
             });
         }
         Ok(())

@@ -37,8 +37,25 @@ pub const CORE_PROTOCOL_VERSION: u32 = 1;
 /// };
 /// # let _ = HANDSHAKE;
 /// ```
+///
+/// The strings are `&'static str` by default, for the `const` above; a
+/// host or plugin that reads its cookie at run time gives owned ones
+/// (`HandshakeConfig<String>`, made the same way), and every builder takes
+/// either:
+///
+/// ```
+/// use goplugin::HandshakeConfig;
+///
+/// let cookie = std::env::var("MY_COOKIE").unwrap_or_else(|_| "hello".to_string());
+/// let handshake = HandshakeConfig {
+///     protocol_version: 1,
+///     magic_cookie_key: "BASIC_PLUGIN".to_string(),
+///     magic_cookie_value: cookie,
+/// };
+/// let _builder = goplugin::Client::builder(handshake);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HandshakeConfig {
+pub struct HandshakeConfig<S = &'static str> {
     /// The application protocol version the plugin's services implement
     /// (field 2 of the handshake line). Services added with
     /// [`PluginServerBuilder::service`](crate::PluginServerBuilder::service)
@@ -46,9 +63,20 @@ pub struct HandshakeConfig {
     pub protocol_version: u32,
     /// Name of the environment variable the host sets to prove it started
     /// the plugin.
-    pub magic_cookie_key: &'static str,
+    pub magic_cookie_key: S,
     /// The value the host puts in `magic_cookie_key`.
-    pub magic_cookie_value: &'static str,
+    pub magic_cookie_value: S,
+}
+
+impl<S: AsRef<str>> HandshakeConfig<S> {
+    /// The same configuration with owned strings: what the builders keep.
+    pub(crate) fn owned(&self) -> HandshakeConfig<String> {
+        HandshakeConfig {
+            protocol_version: self.protocol_version,
+            magic_cookie_key: self.magic_cookie_key.as_ref().to_string(),
+            magic_cookie_value: self.magic_cookie_value.as_ref().to_string(),
+        }
+    }
 }
 
 /// How the host reaches the plugin (field 3 of the handshake line).

@@ -39,7 +39,7 @@ use crate::{controller, health, signals, stdio, watchdog};
 ///     goplugin::serve(HANDSHAKE, create_my_service())
 /// }
 /// ```
-pub fn serve(handshake: HandshakeConfig, service: grpcio::Service) -> Result<()> {
+pub fn serve<S: AsRef<str>>(handshake: HandshakeConfig<S>, service: grpcio::Service) -> Result<()> {
     PluginServer::builder(handshake)
         .service(service)
         .build()?
@@ -83,8 +83,8 @@ pub fn serve(handshake: HandshakeConfig, service: grpcio::Service) -> Result<()>
 ///     })
 /// }
 /// ```
-pub fn plugin_main<E: fmt::Display>(
-    handshake: HandshakeConfig,
+pub fn plugin_main<S: AsRef<str>, E: fmt::Display>(
+    handshake: HandshakeConfig<S>,
     name: &str,
     run: impl FnOnce(PluginEnv) -> std::result::Result<(), E>,
 ) -> std::process::ExitCode {
@@ -121,7 +121,7 @@ pub fn plugin_main<E: fmt::Display>(
 /// 4. registers the negotiated version's services next to the protocol's
 ///    own: health (`"plugin"` SERVING) and `plugin.GRPCController`.
 pub struct PluginServerBuilder {
-    handshake: HandshakeConfig,
+    handshake: HandshakeConfig<String>,
     services: BTreeMap<u32, Vec<grpcio::Service>>,
     env: Option<PluginEnv>,
     threads: usize,
@@ -489,9 +489,9 @@ impl fmt::Debug for PluginServer {
 
 impl PluginServer {
     /// Starts configuring a plugin server for `handshake`.
-    pub fn builder(handshake: HandshakeConfig) -> PluginServerBuilder {
+    pub fn builder<S: AsRef<str>>(handshake: HandshakeConfig<S>) -> PluginServerBuilder {
         PluginServerBuilder {
-            handshake,
+            handshake: handshake.owned(),
             services: BTreeMap::new(),
             env: None,
             threads: 1,

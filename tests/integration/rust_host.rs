@@ -387,6 +387,26 @@ fn sha256(path: &Path) -> String {
         .to_string()
 }
 
+/// A cookie read at run time: the handshake with owned strings, no
+/// `Box::leak`.
+#[test]
+fn a_handshake_with_owned_strings_starts_a_plugin() {
+    let place = Place::new();
+    let handshake = goplugin::HandshakeConfig {
+        protocol_version: HANDSHAKE.protocol_version,
+        magic_cookie_key: HANDSHAKE.magic_cookie_key.to_string(),
+        magic_cookie_value: String::from_utf8(HANDSHAKE.magic_cookie_value.as_bytes().to_vec())
+            .expect("UTF-8"),
+    };
+    let client = Client::builder(handshake)
+        .command(place.command(example_bin("kv-plugin")))
+        .start()
+        .expect("kv-plugin starts");
+    client.ping().expect("ping");
+    drop(client);
+    place.assert_nothing_left();
+}
+
 /// A missing program: the error names the plugin and the program as
 /// given, not a placeholder.
 #[test]
