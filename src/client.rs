@@ -61,8 +61,6 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 const STOP_GRACE: Duration = Duration::from_millis(200);
 /// go-plugin's default `PLUGIN_MIN_PORT`/`PLUGIN_MAX_PORT`.
 const DEFAULT_PORTS: (u16, u16) = (10_000, 25_000);
-/// The largest message by default: gRPC's own receive limit.
-const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
 /// How to start (or find) a plugin: go-plugin's `ClientConfig`. Get one
 /// from [`Client::builder`].
@@ -622,7 +620,7 @@ impl Client {
             name: None,
             grpc_env: None,
             allow_remote: false,
-            max_message_size: MAX_MESSAGE_SIZE,
+            max_message_size: crate::transport::GRPC_DEFAULT_RECEIVE_LIMIT,
         }
     }
 

@@ -43,7 +43,7 @@ pub(crate) const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 const BRIDGE_IDLE: Duration = Duration::from_secs(10);
 
 /// gRPC's own limit on a received message, when the plugin sets none.
-const GRPC_DEFAULT_RECEIVE_LIMIT: usize = 4 * 1024 * 1024;
+pub(crate) const GRPC_DEFAULT_RECEIVE_LIMIT: usize = 4 * 1024 * 1024;
 
 /// What each of a plugin's gRPC servers may hold in memory, by default:
 /// eight messages at the receive limit, and at least 32 MiB.
@@ -215,6 +215,22 @@ impl Transport {
         self.tls.as_deref()
     }
 
+    /// Channel arguments with this side's message limit and a memory
+    /// quota named `quota`: what its servers and its channels share.
+    fn limited(&self, quota: &str) -> ChannelBuilder {
+        let quota = grpcio::ResourceQuota::new(Some(quota)).resize_memory(self.memory_quota);
+        let builder = ChannelBuilder::new(Arc::clone(&self.grpc_env)).set_resource_quota(quota);
+        match self.max_message_size {
+            Some(bytes) => {
+                let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
+                builder
+                    .max_receive_message_len(bytes)
+                    .max_send_message_len(bytes)
+            }
+            None => builder,
+        }
+    }
+
     /// A gRPC server with `services`, configured as all of the plugin's
     /// are: no `SO_REUSEPORT`, the message limit, the request slots.
     pub(crate) fn server(&self, services: Vec<grpcio::Service>) -> Result<grpcio::Server> {
@@ -222,18 +238,11 @@ impl Transport {
         // message declares, and checks the receive limit only once it has
         // it all: a local client could make the plugin hold hundreds of MB.
         // Over the quota, gRPC resets the streams that hold the most.
-        let quota = grpcio::ResourceQuota::new(Some("goplugin")).resize_memory(self.memory_quota);
-        let mut args = ChannelBuilder::new(Arc::clone(&self.grpc_env))
+        let args = self
+            .limited("goplugin")
             // gRPC sets SO_REUSEPORT by default: then a "successful" bind
             // could share a port with another process.
-            .reuse_port(false)
-            .set_resource_quota(quota);
-        if let Some(bytes) = self.max_message_size {
-            let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
-            args = args
-                .max_receive_message_len(bytes)
-                .max_send_message_len(bytes);
-        }
+            .reuse_port(false);
         let mut builder = ServerBuilder::new(Arc::clone(&self.grpc_env))
             .channel_args(args.build_args())
             .requests_slot_per_cq(REQUEST_SLOTS);
@@ -397,15 +406,7 @@ impl Transport {
     /// a huge message from making this side buffer it (over the quota, the
     /// call is reset).
     pub(crate) fn channel(&self, target: &str) -> grpcio::Channel {
-        let quota =
-            grpcio::ResourceQuota::new(Some("goplugin-channel")).resize_memory(self.memory_quota);
-        let mut builder = ChannelBuilder::new(Arc::clone(&self.grpc_env)).set_resource_quota(quota);
-        if let Some(bytes) = self.max_message_size {
-            let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
-            builder = builder
-                .max_receive_message_len(bytes)
-                .max_send_message_len(bytes);
-        }
+        let builder = self.limited("goplugin-channel");
         match &self.tls {
             Some(tls) => builder
                 .override_ssl_target("localhost")

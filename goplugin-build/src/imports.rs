@@ -137,13 +137,7 @@ fn searched(includes: &[&Path]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let path = dir.join(name);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, text).unwrap();
-        path
-    }
+    use crate::tests::write;
 
     #[test]
     fn imports_are_followed_and_provided_ones_skipped() {

@@ -368,7 +368,8 @@ fn write_outputs(
 mod tests {
     use super::*;
 
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    /// Writes `text` as the file `name` under `dir` (directories made).
+    pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let path = dir.join(name);
         fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         fs::write(&path, text).expect("write proto");

@@ -91,12 +91,12 @@ pub(crate) fn generate(
                 ));
             }
         }
-        let methods = methods(&service.method, types, &full_name)?;
         let service_constant = names::snake_case(&names::camel_case(service.name())).to_uppercase();
+        let methods = methods(&service.method, types, &full_name, &service_constant)?;
 
         // The method descriptions.
         for m in &methods {
-            let constant = format!("METHOD_{service_constant}_{}", m.rust.to_uppercase());
+            let constant = &m.constant;
             let _ = writeln!(
                 out,
                 "const {constant}: {grpc}::Method<{req}, {resp}> = {grpc}::Method {{\n    \
@@ -123,8 +123,7 @@ pub(crate) fn generate(
              {client} {{ client: {grpc}::Client::new(channel) }}\n    }}\n"
         );
         for m in &methods {
-            let constant = format!("METHOD_{service_constant}_{}", m.rust.to_uppercase());
-            client_methods(&mut out, m, &constant, &grpc);
+            client_methods(&mut out, m, &grpc);
         }
         let _ = writeln!(
             out,
@@ -178,7 +177,7 @@ pub(crate) fn generate(
              let mut builder = {grpc}::ServiceBuilder::new();"
         );
         for m in &methods {
-            let constant = format!("METHOD_{service_constant}_{}", m.rust.to_uppercase());
+            let constant = &m.constant;
             let add = match m.kind {
                 Kind::Unary => "add_unary_handler",
                 Kind::ClientStreaming => "add_client_streaming_handler",
@@ -246,6 +245,8 @@ struct Method {
     rust: String,
     /// What the other client methods add a suffix to (`type` for `type_`).
     base: String,
+    /// The constant that describes it (`METHOD_KV_GET`).
+    constant: String,
     kind: Kind,
     input: String,
     output: String,
@@ -258,6 +259,7 @@ fn methods(
     methods: &[MethodDescriptorProto],
     types: &BTreeMap<String, String>,
     service: &str,
+    service_constant: &str,
 ) -> Result<Vec<Method>, String> {
     let mut taken: BTreeSet<String> = CLIENT_MEMBERS.iter().map(|m| m.to_string()).collect();
     let mut out = Vec::new();
@@ -303,6 +305,7 @@ fn methods(
         };
         out.push(Method {
             proto_name: method.name().to_string(),
+            constant: format!("METHOD_{service_constant}_{}", rust.to_uppercase()),
             rust,
             base,
             kind,
@@ -315,7 +318,8 @@ fn methods(
 
 /// The client methods of one RPC: blocking with default and with given
 /// call options, and for unary calls the same returning a future.
-fn client_methods(out: &mut String, m: &Method, constant: &str, grpc: &str) {
+fn client_methods(out: &mut String, m: &Method, grpc: &str) {
+    let constant = &m.constant;
     let (name, base) = (&m.rust, &m.base);
     let (input, output) = (&m.input, &m.output);
     let rpc = &m.proto_name;

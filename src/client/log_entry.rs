@@ -17,9 +17,9 @@
 //! string), the line is logged as plain text at debug.
 
 use log::{Level, Record};
+use serde_json::{Map, Value};
 
 use crate::error::printable;
-use serde_json::{Map, Value};
 
 /// Re-emits a plugin's stderr lines under one `log` target.
 #[derive(Debug)]
