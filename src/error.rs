@@ -32,6 +32,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// A Terraform provider address (for `TF_REATTACH_PROVIDERS`) that
+    /// Terraform and OpenTofu would refuse.
+    #[error(
+        "provider address {address:?}: {reason}; give \"namespace/type\", such as \"goplugin/kv\" \
+         (keyed under registry.terraform.io and registry.opentofu.org), or \
+         \"hostname/namespace/type\""
+    )]
+    InvalidProviderAddress {
+        /// The address given.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// An environment variable set by the host has a value the plugin cannot use.
     #[error("{var}={value:?}: {reason}")]
     InvalidEnv {

@@ -145,7 +145,10 @@
 //! # Rules this crate keeps
 //!
 //! - stdout carries exactly one line, the handshake, written after the
-//!   server listens and flushed; logs go to stderr ([`logging`]).
+//!   server listens and flushed; logs go to stderr ([`logging`]). An
+//!   application that embeds a plugin prints on stdout only once
+//!   [`ReadyHandle::wait`] returns: what it prints from then on reaches the
+//!   host as the plugin's stdout.
 //! - A closed stdout or stderr never panics the plugin.
 //! - SIGINT is ignored while serving, as go-plugin plugins do: the host
 //!   owns shutdown. SIGTERM and SIGHUP stop the plugin as the host's
@@ -193,6 +196,7 @@ mod locks;
 pub mod logging;
 mod mux;
 pub mod proto;
+mod ready;
 mod reattach;
 mod server;
 mod shutdown;
@@ -221,7 +225,8 @@ pub use health::HEALTH_SERVICE_NAME;
 pub use listener::Listener;
 pub use log;
 pub use protobuf;
-pub use reattach::ReattachConfig;
+pub use ready::ReadyHandle;
+pub use reattach::{PROVIDER_REGISTRIES, ReattachConfig};
 pub use server::{PluginServer, PluginServerBuilder, plugin_main, serve};
 pub use shutdown::ShutdownHandle;
 pub use streaming::{Incoming, Outgoing, Replies, RequestSender, Upload};

@@ -92,6 +92,38 @@ impl ReattachConfig {
         serde_json::Value::Object(object).to_string()
     }
 
+    /// This configuration as `TF_REATTACH_PROVIDERS` holds it for the
+    /// provider at `address`, keyed so that Terraform and OpenTofu both
+    /// find it: a short address, `namespace/type` (what a configuration's
+    /// `source` says), is keyed under both tools' default registries
+    /// ([`PROVIDER_REGISTRIES`]), each tool taking its own and ignoring the
+    /// other; a full one, `hostname/namespace/type`, under that host only.
+    /// [`map_to_json`](Self::map_to_json) gives the variable's value.
+    ///
+    /// ```
+    /// # let config = goplugin::ReattachConfig::from_json(
+    /// #     r#"{"Protocol":"grpc","ProtocolVersion":6,"Addr":{"Network":"unix","String":"/tmp/plugin1"},"Pid":42,"Test":true}"#)?;
+    /// let providers = config.for_provider("goplugin/kv")?;
+    /// assert_eq!(
+    ///     providers.keys().collect::<Vec<_>>(),
+    ///     ["registry.opentofu.org/goplugin/kv", "registry.terraform.io/goplugin/kv"],
+    /// );
+    /// println!("TF_REATTACH_PROVIDERS='{}'", goplugin::ReattachConfig::map_to_json(&providers));
+    /// # Ok::<(), goplugin::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidProviderAddress`]: not two or three `/`-separated
+    /// parts of letters, digits and dashes (and dots in the hostname), which
+    /// Terraform would refuse, failing every provider of the variable.
+    pub fn for_provider(&self, address: &str) -> Result<BTreeMap<String, ReattachConfig>> {
+        let keys = provider_keys(address).map_err(|reason| Error::InvalidProviderAddress {
+            address: address.to_string(),
+            reason,
+        })?;
+        Ok(keys.into_iter().map(|key| (key, self.clone())).collect())
+    }
+
     fn to_value(&self) -> serde_json::Value {
         serde_json::json!({
             "Protocol": self.protocol,
@@ -141,6 +173,47 @@ impl ReattachConfig {
                 .unwrap_or(false),
         })
     }
+}
+
+/// The registries a short provider address (`namespace/type`) stands for:
+/// Terraform's default and OpenTofu's.
+pub const PROVIDER_REGISTRIES: [&str; 2] = ["registry.terraform.io", "registry.opentofu.org"];
+
+/// The `TF_REATTACH_PROVIDERS` keys of a provider address, or what is wrong
+/// with it, by the rules Terraform and OpenTofu parse it with.
+fn provider_keys(address: &str) -> std::result::Result<Vec<String>, String> {
+    let parts: Vec<&str> = address.split('/').collect();
+    let (hosts, namespace, kind) = match parts.as_slice() {
+        [namespace, kind] => (PROVIDER_REGISTRIES.to_vec(), *namespace, *kind),
+        [host, namespace, kind] => {
+            let valid = !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+            if !valid {
+                return Err(format!(
+                    "hostname {host:?} must be letters, digits, dots and dashes"
+                ));
+            }
+            (vec![*host], *namespace, *kind)
+        }
+        _ => return Err(format!("{} parts, not 2 or 3", parts.len())),
+    };
+    for (what, part) in [("namespace", namespace), ("type", kind)] {
+        let valid = !part.is_empty()
+            && !part.starts_with('-')
+            && !part.ends_with('-')
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !valid {
+            return Err(format!(
+                "{what} {part:?} must be letters, digits and inner dashes"
+            ));
+        }
+    }
+    Ok(hosts
+        .into_iter()
+        .map(|host| format!("{host}/{namespace}/{kind}"))
+        .collect())
 }
 
 /// A reattach configuration that cannot be read.
@@ -198,5 +271,45 @@ mod tests {
             "{bad}"
         );
         assert!(ReattachConfig::map_from_json("[]").is_err());
+    }
+
+    /// A provider's keys: both registries for a short address, its own host
+    /// for a full one, and a clear error for what Terraform would refuse.
+    #[test]
+    fn provider_addresses_key_both_registries() {
+        let config = ReattachConfig::from_json(
+            r#"{"Protocol":"grpc","ProtocolVersion":6,"Addr":{"Network":"unix","String":"/tmp/p"},"Pid":1,"Test":true}"#,
+        )
+        .unwrap();
+        let short = config.for_provider("goplugin/kv").unwrap();
+        assert_eq!(
+            short.keys().collect::<Vec<_>>(),
+            [
+                "registry.opentofu.org/goplugin/kv",
+                "registry.terraform.io/goplugin/kv"
+            ]
+        );
+        assert!(short.values().all(|entry| *entry == config));
+        let full = config.for_provider("example.com:8443/my-org/kv-2").unwrap();
+        assert_eq!(
+            full.keys().collect::<Vec<_>>(),
+            ["example.com:8443/my-org/kv-2"]
+        );
+        for (bad, reason) in [
+            ("kv", "1 parts, not 2 or 3"),
+            ("a/b/c/d", "4 parts"),
+            ("goplugin/", "type \"\" must be"),
+            ("-x/kv", "namespace \"-x\" must be"),
+            ("go plugin/kv", "namespace \"go plugin\""),
+            ("goplugin/kv_item", "type \"kv_item\""),
+            ("a b/goplugin/kv", "hostname \"a b\""),
+        ] {
+            let err = config.for_provider(bad).unwrap_err().to_string();
+            assert!(err.contains(reason), "{bad}: {err}");
+            assert!(
+                err.starts_with(&format!("provider address {bad:?}: ")),
+                "{err}"
+            );
+        }
     }
 }

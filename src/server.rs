@@ -2,6 +2,7 @@
 //! host says stop. Mirrors go-plugin's `server.go` (`Serve`) and
 //! `grpc_server.go`.
 
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{self, Write};
@@ -13,6 +14,7 @@ use crate::env::PluginEnv;
 use crate::error::{Error, Result};
 use crate::handshake::{HandshakeConfig, HandshakeLine, negotiate_version};
 use crate::listener::{Listener, Prefer};
+use crate::ready::ReadyHandle;
 use crate::reattach::ReattachConfig;
 use crate::shutdown::{ShutdownHandle, Stop};
 use crate::transport::{self, Transport};
@@ -136,6 +138,7 @@ pub struct PluginServerBuilder {
     shutdown_grace: Duration,
     broker: Broker,
     debug: bool,
+    provider: Option<String>,
 }
 
 impl fmt::Debug for PluginServerBuilder {
@@ -154,6 +157,7 @@ impl fmt::Debug for PluginServerBuilder {
             .field("watch_host", &self.watch_host)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("debug", &self.debug)
+            .field("provider", &self.provider)
             .finish_non_exhaustive()
     }
 }
@@ -239,8 +243,15 @@ impl PluginServerBuilder {
 
     /// Where [`PluginServer::serve`] writes the handshake line. Default:
     /// stdout, which is what a host reads.
-    pub fn handshake_output(mut self, output: impl Write + Send + 'static) -> Self {
-        self.output = Some(Box::new(output));
+    ///
+    /// [`std::io::stdout()`] given here is the default: the real stdout,
+    /// past the capture of [`forward_stdio`](Self::forward_stdio) (which
+    /// makes fd 1 a pipe to the host's stdio stream before the line is
+    /// written). Any other writer gets the line as is, for tests or a host
+    /// that reads it from somewhere else.
+    pub fn handshake_output<W: Write + Send + 'static>(mut self, output: W) -> Self {
+        let stdout = (&output as &dyn Any).is::<io::Stdout>();
+        self.output = if stdout { None } else { Some(Box::new(output)) };
         self
     }
 
@@ -317,6 +328,24 @@ impl PluginServerBuilder {
         self
     }
 
+    /// Debug mode for a Terraform or OpenTofu provider at `address`
+    /// (terraform-plugin-go's `-debug`): [`debug`](Self::debug) mode, and
+    /// [`serve`](PluginServer::serve) prints on stdout, once it accepts
+    /// calls, the `TF_REATTACH_PROVIDERS='…'` line to set in the tool's
+    /// environment. A short address, `namespace/type` as a
+    /// configuration's `source` says it (`goplugin/kv`), is keyed under
+    /// both tools' registries, so one line serves Terraform and OpenTofu
+    /// alike; a full one, `hostname/namespace/type`, under its host only
+    /// (see [`ReattachConfig::for_provider`]).
+    ///
+    /// `build` fails with [`Error::InvalidProviderAddress`] for an address
+    /// the tools would refuse.
+    pub fn debug_provider(mut self, address: impl Into<String>) -> Self {
+        self.debug = true;
+        self.provider = Some(address.into());
+        self
+    }
+
     /// Checks the environment, binds the listener and registers the
     /// services. Prints nothing.
     ///
@@ -327,7 +356,8 @@ impl PluginServerBuilder {
     /// - [`Error::NoPortAvailable`]: every port of the range is taken;
     /// - [`Error::InvalidEnv`] for `PLUGIN_CLIENT_CERT`: not a PEM certificate;
     /// - [`Error::Bind`]: the unix socket cannot be created;
-    /// - [`Error::Grpc`]: gRPC could not build the server.
+    /// - [`Error::Grpc`]: gRPC could not build the server;
+    /// - [`Error::InvalidProviderAddress`]: see [`debug_provider`](Self::debug_provider).
     pub fn build(mut self) -> Result<PluginServer> {
         let mut env = self.env.take().unwrap_or_else(PluginEnv::from_process);
         if self.debug {
@@ -367,7 +397,7 @@ impl PluginServerBuilder {
         };
         let transport = Arc::new(transport);
         self.broker.attach(Arc::clone(&transport));
-        Ok(PluginServer {
+        let mut server = PluginServer {
             server,
             transport,
             health,
@@ -384,7 +414,14 @@ impl PluginServerBuilder {
             shutdown_grace: self.shutdown_grace,
             stopped: false,
             debug: self.debug,
-        })
+            provider: None,
+            ready: ReadyHandle::new(),
+        };
+        if let Some(address) = self.provider.take() {
+            let providers = server.reattach_config().for_provider(&address)?;
+            server.provider = Some(ReattachConfig::map_to_json(&providers));
+        }
+        Ok(server)
     }
 
     fn negotiate(&self, env: &PluginEnv) -> u32 {
@@ -476,6 +513,10 @@ pub struct PluginServer {
     stopped: bool,
     /// See [`PluginServerBuilder::debug`].
     debug: bool,
+    /// `TF_REATTACH_PROVIDERS`' value, printed in debug mode (see
+    /// [`PluginServerBuilder::debug_provider`]).
+    provider: Option<String>,
+    ready: ReadyHandle,
 }
 
 impl fmt::Debug for PluginServer {
@@ -506,6 +547,7 @@ impl PluginServer {
             shutdown_grace: Duration::from_millis(500),
             broker: Broker::default(),
             debug: false,
+            provider: None,
         }
     }
 
@@ -533,15 +575,23 @@ impl PluginServer {
         }
     }
 
+    /// A handle that says when [`serve`](Self::serve) has written the
+    /// handshake line: an application that embeds the plugin and prints on
+    /// stdout waits for it first (see [`ReadyHandle`]).
+    pub fn ready_handle(&self) -> ReadyHandle {
+        self.ready.clone()
+    }
+
     /// A handle that stops [`serve`](Self::serve) from any thread, as the
     /// host's `Shutdown` call does.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
     }
 
-    /// Starts serving, prints the handshake line (then flushes it), and
-    /// blocks until the host calls `GRPCController/Shutdown` or a
-    /// [`ShutdownHandle`] is used. Returns once the server has stopped.
+    /// Starts serving, prints the handshake line (then flushes it: the
+    /// [`ReadyHandle`] says so), and blocks until the host calls
+    /// `GRPCController/Shutdown` or a [`ShutdownHandle`] is used. Returns
+    /// once the server has stopped.
     ///
     /// # Errors
     /// [`Error::Handshake`] when the line cannot be written, for example
@@ -619,6 +669,7 @@ impl PluginServer {
         }
         #[cfg(feature = "abseil-cpufreq")]
         measure_cpu_frequency();
+        self.ready.ready();
         let how = self.shutdown.wait();
         if let Some(capture) = capture {
             capture.finish();
@@ -643,6 +694,22 @@ impl PluginServer {
             self.listener.network.as_str(),
             self.listener.address
         );
+        if let Some(providers) = &self.provider {
+            let message = format!(
+                "Provider started. To attach Terraform or OpenTofu, set in its environment:\n\n\
+                 \tTF_REATTACH_PROVIDERS='{providers}'\n\n\
+                 Ctrl-C stops the provider.\n"
+            );
+            let mut stdout = io::stdout().lock();
+            let written = stdout
+                .write_all(message.as_bytes())
+                .and_then(|()| stdout.flush());
+            drop(stdout);
+            if let Err(err) = written {
+                return self.fail(None, Error::Handshake(err));
+            }
+        }
+        self.ready.ready();
         let how = self.shutdown.wait();
         self.stop(how);
         Ok(())
@@ -728,6 +795,7 @@ impl Drop for PluginServer {
     /// A server built and never served: nothing listens any more, so its
     /// socket files go now, not when the last `Broker` clone does.
     fn drop(&mut self) {
+        self.ready.ended();
         if !self.stopped {
             self.broker.shutdown();
             self.transport.close();

@@ -174,6 +174,26 @@ fn debug_mode_needs_no_host_and_says_how_to_attach() {
     assert_eq!(server.handshake_line().multiplex, None, "no multiplexing");
     let normal = builder().env(env("1")).build().expect("builds");
     assert!(!normal.reattach_config().test);
+
+    // A provider's address is checked at build, before anything is printed.
+    let err = builder()
+        .env(PluginEnv::from_vars([("PLUGIN_PROTOCOL_VERSIONS", "2")]))
+        .debug_provider("registry.terraform.io/goplugin")
+        .build()
+        .expect_err("two parts with a hostname are a namespace and a type");
+    assert!(
+        matches!(&err, Error::InvalidProviderAddress { address, .. } if address == "registry.terraform.io/goplugin"),
+        "{err}"
+    );
+    let provider = builder()
+        .env(PluginEnv::from_vars([("PLUGIN_PROTOCOL_VERSIONS", "2")]))
+        .debug_provider("goplugin/kv")
+        .build()
+        .expect("a short address");
+    assert!(
+        provider.reattach_config().test,
+        "debug_provider is debug mode"
+    );
 }
 
 #[test]
@@ -191,6 +211,51 @@ fn a_shutdown_handle_stops_serve_promptly() {
     stop.shutdown();
     handle.join().unwrap().expect("serve returns Ok");
     assert!(stop.is_shutdown());
+}
+
+/// The ready handle says when the line is out, and that it never will be
+/// for a server dropped unserved or whose line cannot be written.
+#[test]
+fn the_ready_handle_says_when_the_handshake_line_is_out() {
+    let out = Captured::default();
+    let server = builder()
+        .env(env("1"))
+        .handshake_output(out.clone())
+        .build()
+        .unwrap();
+    let ready = server.ready_handle();
+    let stop = server.shutdown_handle();
+    assert_eq!(ready.wait_timeout(Duration::from_millis(20)), None);
+    assert!(!ready.is_ready());
+    let handle = thread::spawn(move || server.serve());
+    assert!(ready.wait(), "serve wrote the line");
+    assert!(out.text().ends_with('\n'), "the line is out by then");
+    stop.shutdown();
+    handle.join().unwrap().expect("serve returns Ok");
+    assert!(ready.is_ready(), "it stays said");
+
+    let unserved = builder().env(env("1")).build().unwrap();
+    let ready = unserved.ready_handle();
+    drop(unserved);
+    assert_eq!(ready.wait_timeout(Duration::from_secs(5)), Some(false));
+
+    struct Closed;
+    impl std::io::Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let failing = builder()
+        .env(env("1"))
+        .handshake_output(Closed)
+        .build()
+        .unwrap();
+    let ready = failing.ready_handle();
+    assert!(matches!(failing.serve(), Err(Error::Handshake(_))));
+    assert!(!ready.wait(), "no line, never ready");
 }
 
 /// Each Get starts, says so on `started`, then blocks until the test sends
@@ -532,6 +597,72 @@ fn a_server_dropped_unserved_leaves_no_socket_file() {
         // The broker outlives the server, and says it is no more.
         assert!(broker.accept_and_serve(1, Vec::new()).is_err());
     }
+}
+
+/// An application that embeds a plugin (examples/embedding.rs) and prints
+/// on stdout once its `ReadyHandle` says the handshake line is out: the
+/// host still connects (go-plugin's, which refused the plugin when the app
+/// printed first, and goplugin's, which gets the app's lines as the
+/// plugin's stdout), and the line reaches the host though the app passes
+/// `handshake_output(io::stdout())` with stdio forwarded.
+#[test]
+fn an_embedding_application_prints_after_the_ready_point_and_its_host_connects() {
+    use goplugin::Client;
+    use std::process::Command;
+
+    let dir = crate::support::tempdir();
+    let app = crate::support::cargo_example("embedding");
+    let go_host = crate::support::repo().join(".build/go-hosts/kv-host-current");
+    // 3 of 3 runs failed when the app printed before the line.
+    for _ in 0..3 {
+        let mut ping = Command::new(&go_host);
+        ping.arg("ping")
+            .current_dir(dir.path())
+            .env("TMPDIR", dir.path())
+            .env("KV_PLUGIN", format!("{} 30 0", app.display()));
+        let output = crate::support::run(ping);
+        assert!(
+            output.status.success() && output.stdout_str() == "ok\n",
+            "go-plugin's host pings the embedding app: {}\n{}",
+            output.stdout_str(),
+            output.stderr
+        );
+    }
+
+    let printed = Captured::default();
+    let mut command = Command::new(&app);
+    command
+        .args(["30", "0"])
+        .current_dir(dir.path())
+        .env("TMPDIR", dir.path());
+    let basic = HandshakeConfig {
+        protocol_version: 1,
+        magic_cookie_key: "BASIC_PLUGIN",
+        magic_cookie_value: "hello",
+    };
+    let client = Client::builder(basic)
+        .command(command)
+        .sync_stdout(printed.clone())
+        .start()
+        .expect("the Rust host starts the embedding app");
+    client.ping().expect("health");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !printed.text().contains("app: tick 2\n") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the app's lines reach the host: {:?}",
+            printed.text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        printed.text().starts_with("app: tick 1\n"),
+        "{}",
+        printed.text()
+    );
+    client.ping().expect("still serving");
+    client.kill();
+    crate::support::assert_nothing_left(dir.path(), dir.path());
 }
 
 /// An application that embeds a plugin (examples/embedding.rs) serves it
