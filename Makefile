@@ -85,11 +85,16 @@ $(GO_HOSTS) &: $(wildcard tests/fixtures/go-host/*.go tests/fixtures/go-counter-
 $(GO_EXAMPLES) &: tests/fixtures/go-host/go.mod tests/fixtures/go-examples/build.sh
 	tests/fixtures/go-examples/build.sh $(HOSTS)
 
-## terraform: OpenTofu at the pinned release, built from its Go module, and the
-## Go comparison provider on terraform-plugin-go, into .build/
+## terraform: HashiCorp Terraform and OpenTofu at pinned releases, built from
+## their Go modules, and the Go comparison provider on terraform-plugin-go,
+## into .build/
 TOFU := $(BUILD)/opentofu/tofu
+TERRAFORM := $(BUILD)/terraform/terraform
 GO_PROVIDER := $(BUILD)/go-provider/terraform-provider-kv
-terraform: $(TOFU) $(GO_PROVIDER)
+terraform: $(TERRAFORM) $(TOFU) $(GO_PROVIDER)
+
+$(TERRAFORM): tests/fixtures/terraform/build.sh
+	tests/fixtures/terraform/build.sh $(BUILD)/terraform
 
 $(TOFU): tests/fixtures/opentofu/build.sh
 	tests/fixtures/opentofu/build.sh $(BUILD)/opentofu
