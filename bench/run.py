@@ -170,8 +170,35 @@ METRICS = [
     ("cli_put_ms", "whole `kv put` CLI", "ms", lambda r: r["cli_put_ms"], True),
 ]
 
+# Targets, as ratios to the baseline in the same run: (limit, lower is
+# better). A target is met when the whole spread of the ratio over the runs
+# is on its good side, missed when all of it is on the other, and not shown
+# when the spread crosses it.
+PLUGIN_TARGETS = {"rss_mb": 0.5}
+HOST_TARGETS = {
+    "host_cpu_us_per_call": 0.5,
+    "get_p50_us": 0.8,
+    "c1_calls_s": 1.2,
+    "c16_calls_s": 1.2,
+    "ready_ms": 0.8,
+    "host_rss_mb": 0.5,
+}
+
+
+def verdict(spread_, limit, lower_better):
+    """met, missed or not shown, for a [median, min, max] ratio spread."""
+    if not spread_:
+        return "–"
+    _, low, high = spread_
+    if lower_better:
+        return "met" if high <= limit else "missed" if low > limit else "not shown"
+    return "met" if low >= limit else "missed" if high < limit else "not shown"
+
+
 # What --hosts adds: the host process's own cost.
 HOST_METRICS = [
+    ("tls_ready_ms", "launch → first health check, AutoMTLS", "ms",
+     lambda r: r["tls_ready_ms"], True),
     ("host_cpu_us_per_call", "host CPU per call", "µs", lambda r: r["host_cpu_us_per_call"], True),
     ("host_rss_mb", "host RSS after load", "MB", lambda r: r["host_rss_kb"] / 1024, True),
 ]
@@ -191,6 +218,11 @@ def main():
     os.makedirs(args.out, exist_ok=True)
 
     entries = hosts() if args.hosts else plugins()
+    if not args.hosts:
+        # AutoMTLS launches are the hosts' comparison (the Python plugin
+        # has no TLS).
+        for e in entries:
+            e["env"]["KV_BENCH_TLS"] = "0"
     metrics = METRICS + HOST_METRICS if args.hosts else METRICS
     if args.only:
         keep = set(args.only.split(",")) | {e["baseline"] for e in entries}
@@ -241,6 +273,7 @@ def main():
         "machine": {"cpus": NCPU, "kernel": os.uname().release},
         "calls_per_phase": args.calls,
         "hosts": args.hosts,
+        "targets": HOST_TARGETS if args.hosts else PLUGIN_TARGETS,
         "runs": args.runs,
         "foreign_load_limit": FOREIGN_LIMIT,
         "summary": summary,
@@ -269,6 +302,8 @@ def write_markdown(report, metrics, path):
     if report.get("hosts"):
         what = ("each plugin under the Go test host's `bench` and under goplugin's host "
                 "(examples/host_bench.rs); the hosts start each plugin without a shell. "
+                "\"launch → handshake\" is each host's start call: go-plugin's `Start()` reads the "
+                "handshake line, goplugin's `start()` also connects and checks health. "
                 "Ratio = the Rust host's figure ÷ the Go host's with the same plugin in the same run")
     else:
         what = ("the host starts each plugin without a shell. "
@@ -293,6 +328,29 @@ def write_markdown(report, metrics, path):
             r = s[n]["ratio"][key]
             ratios.append(f"{r[0]:.2f}× ({r[1]:.2f}–{r[2]:.2f})" if r else "–")
         lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    targets = report.get("targets") or {}
+    if targets:
+        better = {key: lower for key, _, _, _, lower in metrics}
+        lines += [
+            "",
+            "Targets (ratio to the baseline in the same run; met: the whole spread over the runs "
+            "on the target's good side; missed: all of it on the other; not shown: the spread "
+            "crosses the target):",
+            "",
+            "| metric | target | " + " | ".join(f"{n} ÷ {s[n]['baseline']}" for n in compared) + " |",
+            "|---|---|" + "---|" * len(compared),
+        ]
+        for key, label, _, _, lower in metrics:
+            if key not in targets:
+                continue
+            limit = targets[key]
+            cells = []
+            for n in compared:
+                r = s[n]["ratio"][key]
+                cells.append(f"{r[0]:.2f}× ({r[1]:.2f}–{r[2]:.2f}): "
+                             f"{verdict(r, limit, better[key])}" if r else "–")
+            sign = "≤" if lower else "≥"
+            lines.append(f"| {label} | {sign} {limit:g}× | " + " | ".join(cells) + " |")
     flagged = [n for n in names if s[n]["runs_used"] < s[n]["runs"]]
     lines.append("")
     lines.append("Runs with foreign load over "
@@ -306,34 +364,56 @@ def plot(report, metrics, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     s = report["summary"]
+    targets = report.get("targets") or {}
     names = [n for n in s if s[n]["baseline"] != n]
     shown = [m for m in metrics if m[0] in (
-        "start_ms", "ready_ms", "put_p50_us", "get_p50_us", "c16_calls_s",
-        "cpu_us_per_call", "rss_mb", "kill_ms", "cli_put_ms",
+        "start_ms", "ready_ms", "tls_ready_ms", "put_p50_us", "get_p50_us", "get_p99_us",
+        "c1_calls_s", "c16_calls_s", "cpu_us_per_call", "rss_mb", "kill_ms", "cli_put_ms",
         "host_cpu_us_per_call", "host_rss_mb")]
-    fig, ax = plt.subplots(figsize=(11, 5.5))
+    fig, ax = plt.subplots(figsize=(13.5, 5.8))
     width = 0.8 / len(names)
+    top = 1.0
+    bottom = 1.0
     for i, name in enumerate(names):
-        ratios = []
+        heights, below, above = [], [], []
         for key, _, _, _, lower_better in shown:
-            base = s[s[name]["baseline"]][key]
-            ratio = s[name][key] / base if base else 1.0
-            # Plot "how many times better than Go": > 1 is better.
-            ratios.append(1 / ratio if lower_better else ratio)
-        ax.bar([x + i * width for x in range(len(shown))], ratios, width, label=name)
+            r = s[name]["ratio"][key] or [1.0, 1.0, 1.0]
+            # "How many times better than the baseline": > 1 is better, so a
+            # lower-is-better ratio is inverted (and its min and max swap).
+            med, low, high = (1 / r[0], 1 / r[2], 1 / r[1]) if lower_better else tuple(r)
+            heights.append(med)
+            below.append(med - low)
+            above.append(high - med)
+            top, bottom = max(top, high), min(bottom, low)
+        ax.bar([x + i * width for x in range(len(shown))], heights, width, label=name,
+               yerr=[below, above], capsize=3, error_kw={"elinewidth": 1})
+    for x, (key, _, _, _, lower_better) in enumerate(shown):
+        if key in targets:
+            goal = 1 / targets[key] if lower_better else targets[key]
+            top = max(top, goal)
+            ax.hlines(goal, x - width / 2, x + width * (len(names) - 0.5), colors="black",
+                      linestyles="dashed", linewidth=1,
+                      label="target" if x == next(i for i, m in enumerate(shown) if m[0] in targets) else None)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
+    ticks = [t for t in (0.25, 0.5, 0.8, 1, 1.2, 1.5, 2, 3, 4, 6, 8) if bottom / 1.2 <= t <= top * 1.2]
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.set_ylim(bottom / 1.25, top * 1.25)
     ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(shown))])
     ax.set_xticklabels([label for _, label, _, _, _ in shown], rotation=25, ha="right")
+    runs = f"medians and min–max of the per-run ratios over {report['runs']} runs ({report['date']})"
     if report.get("hosts"):
         ax.set_ylabel("advantage over the Go host (×, log scale; > 1 is better)")
-        ax.set_title(f"goplugin's host vs go-plugin's, same plugins, medians of {report['runs']} runs ({report['date']})")
+        ax.set_title(f"goplugin's host vs go-plugin's, same plugins: {runs}")
     else:
         ax.set_ylabel("advantage over the Go plugin (×, log scale; > 1 is better)")
-        ax.set_title(f"KV plugins through go-plugin's host, medians of {report['runs']} runs ({report['date']})")
-    ax.legend()
+        ax.set_title(f"KV plugins through go-plugin's host: {runs}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -18,7 +18,9 @@
 //! `bench CALLS` prints one JSON object with the Go host's keys: `start_ms`
 //! (launch until connected and healthy: `start()` does both) and
 //! `ready_ms` (launch until the first successful `ping`), medians of 5
-//! launches; `put_*`/`get_*` sequential latencies; `conc` at 1, 4 and 16
+//! launches; `tls_ready_ms` the same with AutoMTLS (5 more launches, last;
+//! none with `KV_BENCH_TLS=0`);
+//! `put_*`/`get_*` sequential latencies; `conc` at 1, 4 and 16
 //! callers; `cpu_us_per_call` of the plugin and `host_cpu_us_per_call` of
 //! this process over the concurrent phases; `rss_kb`, `peak_rss_kb` of the
 //! plugin and `host_rss_kb` of this process; `kill_ms`.
@@ -65,6 +67,11 @@ fn main() -> ExitCode {
 }
 
 fn launch() -> Result<Client, String> {
+    launch_with(std::env::var("KV_HOST_AUTOMTLS").as_deref() == Ok("1"))
+}
+
+/// Launches the plugin, with AutoMTLS or without.
+fn launch_with(auto_mtls: bool) -> Result<Client, String> {
     let line = std::env::var("KV_PLUGIN").map_err(|_| "set KV_PLUGIN".to_string())?;
     let command = if std::env::var("KV_HOST_SHELL").as_deref() == Ok("1") {
         let mut shell = Command::new("sh");
@@ -79,7 +86,7 @@ fn launch() -> Result<Client, String> {
     };
     Client::builder(HANDSHAKE)
         .command(command)
-        .auto_mtls(std::env::var("KV_HOST_AUTOMTLS").as_deref() == Ok("1"))
+        .auto_mtls(auto_mtls)
         .start()
         .map_err(|e| e.to_string())
 }
@@ -187,8 +194,30 @@ fn bench(calls: usize) -> Result<(), String> {
     let began = Instant::now();
     client.kill();
     let kill_ms = ms(began.elapsed());
+    // AutoMTLS launches last (what they leave in this process's memory is
+    // not its RSS above), each killed at once: the host's certificate and
+    // the TLS handshake's share of a start.
+    let mut tls_readies = Vec::new();
+    let tls_launches = if std::env::var("KV_BENCH_TLS").as_deref() == Ok("0") {
+        0
+    } else {
+        START_LAUNCHES
+    };
+    for _ in 0..tls_launches {
+        let began = Instant::now();
+        let launched = launch_with(true)?;
+        launched.ping().map_err(|e| e.to_string())?;
+        tls_readies.push(ms(began.elapsed()));
+        launched.kill();
+    }
+    let tls_ready_ms = if tls_readies.is_empty() {
+        0.0
+    } else {
+        median(&tls_readies)
+    };
     let result = serde_json::json!({
         "start_ms": median(&starts), "ready_ms": median(&readies),
+        "tls_ready_ms": tls_ready_ms,
         "put_p50_us": us(puts[puts.len() / 2]), "put_p99_us": us(puts[puts.len() * 99 / 100]),
         "get_p50_us": us(gets[gets.len() / 2]), "get_p99_us": us(gets[gets.len() * 99 / 100]),
         "conc": conc,

@@ -382,9 +382,10 @@ fn sigterm_and_sighup_stop_the_plugin_cleanly() {
         .spawn()
         .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        // Kept open: a closed stdout is the host gone, and the plugin would
+        // stop (removing its socket) before the signal.
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
         let socket = line.split('|').nth(3).unwrap().to_string();
         assert!(std::path::Path::new(&socket).exists(), "{line}");
         // SAFETY: kill(2) on our own child's pid.
