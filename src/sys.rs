@@ -214,53 +214,22 @@ pub(crate) fn catch_as_stop(signal: libc::c_int) -> io::Result<Disposition> {
     set_handler(signal, on_stop_signal)
 }
 
-/// Has a plugin command, in the child between `fork` and `exec`: lead a
-/// process group of its own (so that a kill reaches what it starts, such as
-/// the plugin behind `sh -c`), and get SIGKILL when the thread that forked
-/// it ends (`PR_SET_PDEATHSIG`), which the host's launcher thread does only
-/// when the host process dies. A host that died before the child got there
-/// is noticed at once.
-pub(crate) fn die_with_host(command: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    let host = std::process::id();
-    let child_setup = move || {
-        // SAFETY (of what runs here): setpgid, prctl, getppid and _exit are
-        // async-signal-safe, take no locks and allocate nothing.
-        unsafe {
-            if libc::setpgid(0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if u32::try_from(libc::getppid()).ok() != Some(host) {
-                libc::_exit(1);
-            }
-        }
-        Ok(())
-    };
-    // SAFETY: the closure only makes async-signal-safe calls (above), as
-    // `pre_exec` requires of what runs in the forked child.
-    unsafe { command.pre_exec(child_setup) };
-}
-
-/// A plugin's supervisor: a forked copy of this process that does nothing
-/// but wait on one end of a socket pair, and kills the plugin's process
-/// group when the other end (held by the host) closes without a word: the
-/// host died, even by SIGKILL. `PR_SET_PDEATHSIG` reaches the host's
-/// direct child only (a `sh -c` in front of the plugin), and is not
-/// inherited across fork; the supervisor covers the whole group.
+/// A plugin's supervisor: a forked copy of this process that leads the
+/// process group the plugin is started in, does nothing but wait on one end
+/// of a socket pair, and kills its whole group (the plugin, what the plugin
+/// started, and itself) when the other end, held by the host, closes
+/// without a word: the host died, even by SIGKILL. It exists before the
+/// plugin does, so no moment of the plugin's life is uncovered, and the
+/// plugin is started without a `fork` of the host (`posix_spawn`).
 #[derive(Debug)]
 pub(crate) struct Supervisor {
     pid: libc::pid_t,
     host_end: std::os::fd::OwnedFd,
 }
 
-/// Forks the supervisor of the process group `pgid`.
-pub(crate) fn supervise(pgid: u32) -> io::Result<Supervisor> {
+/// Forks a supervisor, leader of a new process group (see [`Supervisor`]).
+pub(crate) fn supervise() -> io::Result<Supervisor> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let pgid = libc::pid_t::try_from(pgid)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
     let mut fds: [libc::c_int; 2] = [-1; 2];
     // SAFETY: socketpair writes two new descriptors into `fds`.
     let rc = unsafe {
@@ -287,9 +256,18 @@ pub(crate) fn supervise(pgid: u32) -> io::Result<Supervisor> {
     }
     if pid == 0 {
         // SAFETY: in the forked child, as said above.
-        unsafe { supervisor_child(watched_fd, pgid) }
+        unsafe { supervisor_child(watched_fd) }
     }
     drop(watched);
+    // The child makes itself the leader of its group too; whichever runs
+    // first, the group exists when this returns (the plugin joins it).
+    // SAFETY: setpgid on our own child, which has not called exec.
+    if unsafe { libc::setpgid(pid, pid) } != 0 {
+        let err = io::Error::last_os_error();
+        let supervisor = Supervisor { pid, host_end };
+        supervisor.release();
+        return Err(err);
+    }
     Ok(Supervisor { pid, host_end })
 }
 
@@ -298,14 +276,16 @@ pub(crate) fn supervise(pgid: u32) -> io::Result<Supervisor> {
 /// # Safety
 /// Only in a child just forked by [`supervise`]: it closes every
 /// descriptor it inherited but `watched`, and exits the process.
-unsafe fn supervisor_child(watched: RawFd, pgid: libc::pid_t) -> ! {
+unsafe fn supervisor_child(watched: RawFd) -> ! {
     // SAFETY (of every call below): setpgid, sigaction, dup2, the
     // close_range system call, close, read, kill and _exit are
     // async-signal-safe; the sigaction value and the byte live on this
     // stack.
     unsafe {
-        // Out of the host's process group, deaf to what is sent to it (a
-        // Ctrl-C at the host's terminal): it ends when the host does.
+        // Leader of the plugin's group, out of the host's, deaf to what is
+        // sent to the group (the host's SIGTERM to the plugin) or to the
+        // host's (a Ctrl-C at its terminal): it ends when the host does,
+        // or by SIGKILL with the rest of the group.
         libc::setpgid(0, 0);
         let mut ignore: libc::sigaction = std::mem::zeroed();
         ignore.sa_sigaction = libc::SIG_IGN;
@@ -346,18 +326,25 @@ unsafe fn supervisor_child(watched: RawFd, pgid: libc::pid_t) -> ! {
             }
             break;
         }
-        libc::kill(-pgid, libc::SIGKILL);
+        // The host is gone: the whole group, this process included.
+        libc::kill(0, libc::SIGKILL);
         libc::_exit(0)
     }
 }
 
 impl Supervisor {
-    /// The plugin has exited and its group was killed: the supervisor is
-    /// told so, exits, and is reaped.
+    /// The process group it leads, which the plugin joins.
+    pub(crate) fn pgid(&self) -> u32 {
+        self.pid.unsigned_abs()
+    }
+
+    /// The plugin has exited and its group was killed (this supervisor
+    /// with it), or never started: the supervisor is told so, exits, and
+    /// is reaped. Until then its pid, the group's id, is not reused.
     pub(crate) fn release(self) {
         use std::os::fd::AsRawFd;
-        // A supervisor already gone (killed by someone) cannot read it:
-        // no SIGPIPE for that.
+        // A supervisor already gone (killed with its group) cannot read
+        // it: no SIGPIPE for that.
         let _ = send_nonblocking(self.host_end.as_raw_fd(), b"d");
         drop(self.host_end);
         let mut status = 0;
@@ -366,6 +353,57 @@ impl Supervisor {
             && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
         {}
     }
+}
+
+/// A unix stream socket connected to `path` at once, without blocking:
+/// `None` when the connection cannot be made right away (nobody listens,
+/// the listener's backlog is full, the path is too long), for the caller to
+/// fall back to gRPC's own connect with its deadline and its errors.
+pub(crate) fn connect_unix_now(path: &str) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_bytes();
+    // One byte is left for the terminating NUL.
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return None;
+    }
+    for (slot, byte) in addr.sun_path.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: socket(2) returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is new and owned by nothing else.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a live sockaddr_un of `len` bytes.
+    let rc = unsafe { libc::connect(fd, (&raw const addr).cast(), len) };
+    (rc == 0).then_some(socket)
+}
+
+/// A gRPC channel over `socket`, a connected stream socket, which it takes
+/// over (and closes when the connection ends). Such a channel has no
+/// resolver and never reconnects: what goplugin dials is a plugin's (or
+/// host's) own listener, whose end is the peer's end.
+pub(crate) fn channel_over(
+    builder: grpcio::ChannelBuilder,
+    target: &str,
+    socket: std::os::fd::OwnedFd,
+) -> grpcio::Channel {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: `socket` is a connected stream socket, given away here:
+    // nothing else reads, writes or closes it.
+    unsafe { builder.connect_from_fd(target, socket.into_raw_fd()) }
 }
 
 /// Waits until the child `pid` has exited, without reaping it: its pid

@@ -1,30 +1,27 @@
 //! The plugin's process, host side: starting it so that it cannot outlive
 //! the host, and knowing when it has exited (go-plugin's `cmdrunner`).
 //!
-//! - Every plugin is forked by one launcher thread that lives as long as
-//!   the host process, and gets `PR_SET_PDEATHSIG` (SIGKILL): the kernel
-//!   sends it when the thread that forked the child ends, so a plugin
-//!   started from a short-lived thread would otherwise die with that
-//!   thread. A host killed with SIGKILL takes its plugins with it, where
-//!   go-plugin leaves them running.
-//! - The plugin leads a process group of its own, and a kill reaches the
-//!   whole group: a plugin started through `sh -c` (Debian's dash does not
-//!   `exec` the last command) is killed with the shell. When the group's
-//!   leader exits, whatever is left of the group is killed too.
-//! - A supervisor per plugin (a forked copy of the host that only waits on
-//!   a socket, see [`sys::supervise`]) kills the plugin's whole process
-//!   group when the host dies, even by SIGKILL: `PR_SET_PDEATHSIG` reaches
-//!   the plugin's first process only, not what it starts (the plugin
-//!   behind `sh -c`). What escapes: a descendant that leaves the group
-//!   (`setsid`, `setpgid`).
+//! - Every plugin runs in a process group of its own, led by its
+//!   supervisor (a forked copy of the host that only waits on a socket,
+//!   see [`sys::supervise`]): the supervisor exists first, the plugin joins
+//!   its group as it starts (`posix_spawn`, no `fork` of the host), and
+//!   when the host dies, even by SIGKILL, the supervisor kills the whole
+//!   group, what the plugin started included (the plugin behind `sh -c`).
+//!   What escapes: a descendant that leaves the group (`setsid`,
+//!   `setpgid`). Go's host leaves its plugins running.
+//! - A kill reaches the whole group: a plugin started through `sh -c`
+//!   (Debian's dash does not `exec` the last command) is killed with the
+//!   shell. When the plugin exits, whatever is left of the group is killed
+//!   too.
 //! - One thread per plugin waits for its exit without reaping it, so the
-//!   pid (and the process group id) stays the plugin's until the exit is
-//!   recorded: a kill never reaches a recycled pid.
+//!   pid stays the plugin's until the exit is recorded, and the group's id
+//!   (the supervisor's pid) until the supervisor is reaped after it: a kill
+//!   never reaches a recycled pid.
 
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus};
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Instant;
 
@@ -35,6 +32,8 @@ use crate::sys;
 #[derive(Debug, Clone)]
 pub(crate) struct Process {
     pid: u32,
+    /// Its process group: its supervisor's, or its own without one.
+    pgid: u32,
     state: Arc<State>,
 }
 
@@ -49,8 +48,8 @@ struct Exit {
     /// Until the exit is recorded.
     child: Option<Child>,
     status: Option<ExitStatus>,
-    /// Kills the process group if the host dies; released once the exit
-    /// is recorded.
+    /// Leads the process group and kills it if the host dies; released
+    /// once the exit is recorded.
     supervisor: Option<sys::Supervisor>,
 }
 
@@ -62,33 +61,50 @@ pub(crate) struct Started {
     pub(crate) stderr: ChildStderr,
 }
 
-type Launch = (Command, mpsc::Sender<io::Result<Child>>);
-
-/// Starts `command` (stdout and stderr piped) on the launcher thread;
-/// `on_exit` runs on the waiting thread once it has exited.
+/// Starts `command` (stdout and stderr piped) in its supervisor's process
+/// group; `on_exit` runs on the waiting thread once it has exited.
 pub(crate) fn start(
     mut command: Command,
     on_exit: impl FnOnce(ExitStatus) + Send + 'static,
 ) -> io::Result<Started> {
-    sys::die_with_host(&mut command);
-    let mut child = launch(command)?;
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(io::Error::other(
-            "the plugin's stdout or stderr is not a pipe",
-        ));
-    };
-    let pid = child.id();
-    let supervisor = match sys::supervise(pid) {
+    let supervisor = match sys::supervise() {
         Ok(supervisor) => Some(supervisor),
         Err(err) => {
             log::warn!(
-                "goplugin: cannot fork the supervisor of plugin process {pid} ({err}): if the \
-                 host dies, only the plugin's first process is killed, not what it started"
+                "goplugin: cannot fork a plugin's supervisor ({err}): if the host dies, the \
+                 plugin is not killed"
             );
             None
         }
+    };
+    // Joins the group as it starts, before it runs a single instruction of
+    // its own; without a supervisor, leads a group of its own.
+    command.process_group(
+        supervisor
+            .as_ref()
+            .and_then(|s| i32::try_from(s.pgid()).ok())
+            .unwrap_or(0),
+    );
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            if let Some(supervisor) = supervisor {
+                supervisor.release();
+            }
+            return Err(err);
+        }
+    };
+    let pid = child.id();
+    let pgid = supervisor.as_ref().map_or(pid, sys::Supervisor::pgid);
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        let _ = sys::signal_group(pgid, libc::SIGKILL);
+        let _ = child.wait();
+        if let Some(supervisor) = supervisor {
+            supervisor.release();
+        }
+        return Err(io::Error::other(
+            "the plugin's stdout or stderr is not a pipe",
+        ));
     };
     let state = Arc::new(State {
         exit: Mutex::new(Exit {
@@ -98,7 +114,7 @@ pub(crate) fn start(
         }),
         changed: Condvar::new(),
     });
-    let process = Process { pid, state };
+    let process = Process { pid, pgid, state };
     let watched = process.clone();
     let waiting = thread::Builder::new()
         .name("goplugin-wait".into())
@@ -118,43 +134,6 @@ pub(crate) fn start(
         stdout,
         stderr,
     })
-}
-
-/// Forks on the launcher thread, or here if it cannot run (the plugin then
-/// dies with this thread rather than with the process: said once).
-fn launch(command: Command) -> io::Result<Child> {
-    static LAUNCHER: OnceLock<Option<Mutex<mpsc::Sender<Launch>>>> = OnceLock::new();
-    let launcher = LAUNCHER.get_or_init(|| {
-        let (sender, jobs) = mpsc::channel::<Launch>();
-        let started = thread::Builder::new()
-            .name("goplugin-launcher".into())
-            .spawn(move || {
-                for (mut command, reply) in jobs {
-                    let _ = reply.send(command.spawn());
-                }
-            });
-        match started {
-            Ok(_) => Some(Mutex::new(sender)),
-            Err(err) => {
-                log::warn!(
-                    "goplugin: cannot start the launcher thread ({err}): plugins are started \
-                     from the calling thread, and die when it ends"
-                );
-                None
-            }
-        }
-    });
-    let Some(launcher) = launcher else {
-        let mut command = command;
-        return command.spawn();
-    };
-    let (reply, started) = mpsc::channel();
-    lock(launcher)
-        .send((command, reply))
-        .map_err(|_| io::Error::other("the launcher thread has stopped"))?;
-    started
-        .recv()
-        .map_err(|_| io::Error::other("the launcher thread has stopped"))?
 }
 
 fn child_status(mut child: Child) -> ExitStatus {
@@ -199,9 +178,9 @@ impl Process {
     fn signal(&self, signal: libc::c_int) {
         let exit = lock(&self.state.exit);
         if exit.status.is_none() {
-            // Not reaped yet (that happens under this lock): the group id
-            // is still the plugin's.
-            if sys::signal_group(self.pid, signal).is_err()
+            // Not reaped yet (that happens under this lock), nor its
+            // supervisor: the group id is still the plugin's.
+            if sys::signal_group(self.pgid, signal).is_err()
                 && let Some(child) = &exit.child
             {
                 let _ = sys::signal_process(child.id(), signal);
@@ -215,13 +194,14 @@ impl Process {
         let waited = sys::wait_exited(self.pid);
         let mut exit = lock(&self.state.exit);
         if waited.is_ok() {
-            // The leader is a zombie until reaped below: the group id is
-            // still its own.
-            let _ = sys::signal_group(self.pid, libc::SIGKILL);
+            // Neither the plugin nor the group's leader is reaped yet: the
+            // group id is still theirs. What is left of the group goes, the
+            // supervisor with it.
+            let _ = sys::signal_group(self.pgid, libc::SIGKILL);
         }
         let child = exit.child.take()?;
-        // Released before the leader is reaped, while the group id is still
-        // the plugin's: a supervisor never outlives it to kill a reused id.
+        // Reaped after the group was killed, never before: its pid is the
+        // group's id.
         if let Some(supervisor) = exit.supervisor.take() {
             supervisor.release();
         }

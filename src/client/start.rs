@@ -206,7 +206,7 @@ impl Starting {
             dial.grpc_env,
             dial.max_message_size,
         ));
-        let channel = transport.channel(&target);
+        let channel = transport.channel_to_plugin(&target);
         self.check_health(&channel, &listener, events)?;
 
         let broker = Broker::default();
