@@ -17,6 +17,10 @@ const PROTOS: &[&str] = &[
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    if let Err(message) = supported_platform() {
+        eprintln!("error: goplugin: {message}");
+        std::process::exit(1);
+    }
     let generated = goplugin_build::Builder::new()
         .runtime_path("crate")
         .compile(PROTOS, &["proto/plugin", "proto/grpc"])
@@ -29,6 +33,21 @@ fn main() {
     }
     #[cfg(feature = "abseil-cpufreq")]
     abseil_cpufreq();
+}
+
+/// Linux only: one clear message on other systems, before anything else
+/// of goplugin's fails to compile there.
+fn supported_platform() -> Result<(), String> {
+    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    if os == "linux" {
+        return Ok(());
+    }
+    Err(format!(
+        "goplugin builds for Linux only, and this target's system is {os:?}: the plugin's \
+         and the host's process handling (process groups led by a supervisor, getrandom, \
+         close_range, /proc, SOCK_CLOEXEC sockets) is written for Linux. The README's \
+         \"Platforms\" says what macOS and Windows support would need."
+    ))
 }
 
 /// The `abseil-cpufreq` feature: compiles the C shim that calls abseil's

@@ -162,6 +162,12 @@
 //!   server at once; a [`ShutdownHandle`] gives calls in progress
 //!   [`PluginServerBuilder::shutdown_grace`] first.
 //!
+//! # Platforms
+//!
+//! Linux only (tested on x86_64; aarch64 expected to work, untested here):
+//! on other systems the build stops with one message from the build
+//! script. The README's "Platforms" says what macOS and Windows would need.
+//!
 //! # Features
 //!
 //! - `static-libs` (off by default): on Linux/glibc the final link of every

@@ -131,3 +131,86 @@ fn a_plugin_crate_builds_without_a_second_grpc_core_and_serves_its_own_proto() {
         out.stderr
     );
 }
+
+/// On a system other than Linux, goplugin's build script stops the build
+/// with one message naming the system, before it does anything else.
+#[test]
+fn the_build_stops_on_other_systems_with_one_message() {
+    let build = crate::support::example_bin("build");
+    let script = std::fs::read_dir(&build)
+        .expect("the build scripts' directory")
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            // goplugin-<hash>, not goplugin-build-<hash>.
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("goplugin-")
+                .is_some_and(|hash| hash.chars().all(|c| c.is_ascii_hexdigit()))
+        })
+        .map(|entry| entry.path().join("build-script-build"))
+        .filter(|path| path.exists())
+        .max_by_key(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+        .expect("goplugin's compiled build script");
+    for (os, works) in [("macos", false), ("windows", false), ("linux", true)] {
+        let out_dir = crate::support::tempdir();
+        let output = std::process::Command::new(&script)
+            .current_dir(crate::support::repo())
+            .env("CARGO_CFG_TARGET_OS", os)
+            .env("OUT_DIR", out_dir.path())
+            .env("CARGO_MANIFEST_DIR", crate::support::repo())
+            .env_remove("CARGO_FEATURE_STATIC_LIBS")
+            .env_remove("CARGO_FEATURE_ABSEIL_CPUFREQ")
+            .output()
+            .expect("run the build script");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if works {
+            // It goes on (here without cargo's whole environment, so it may
+            // fail later for other reasons), never with that message.
+            assert!(!stderr.contains("Linux only"), "{stderr}");
+            continue;
+        }
+        assert_eq!(output.status.code(), Some(1), "{os}: {stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{os}: one message, nothing else: {stderr}"
+        );
+        assert!(
+            stderr.starts_with(&format!(
+                "error: goplugin: goplugin builds for Linux only, and this target's system is \"{os}\""
+            )),
+            "{stderr}"
+        );
+    }
+}
+
+/// Both published crates' packages carry the licence text their
+/// `license = "MPL-2.0"` names.
+#[test]
+fn each_package_carries_its_licence() {
+    let licence = std::fs::read_to_string(repo().join("LICENSE")).expect("LICENSE");
+    assert!(licence.starts_with("Mozilla Public License Version 2.0"));
+    for package in ["goplugin", "goplugin-build"] {
+        let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        command
+            .args([
+                "package",
+                "--list",
+                "--allow-dirty",
+                "--offline",
+                "-p",
+                package,
+            ])
+            .current_dir(repo());
+        let listed = run(command);
+        listed.assert_success();
+        let files = listed.stdout_str();
+        assert!(
+            files.lines().any(|file| file == "LICENSE"),
+            "{package}'s package has no LICENSE: {files}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(repo().join("goplugin-build/LICENSE")).expect("its LICENSE"),
+        licence
+    );
+}
