@@ -79,7 +79,7 @@ fn main() {
     .watch_host(false)
     .build()
     .expect("server");
-    let target = server.listener().dial_target();
+    let target = server.addr().dial_target();
     let stop = server.shutdown_handle();
     let serving = std::thread::spawn(move || server.serve());
     let env = Arc::new(EnvBuilder::new().cq_count(1).build());

@@ -41,7 +41,7 @@ use grpcio::{DuplexSink, RequestStream, RpcContext, WriteFlags};
 
 use crate::address::{self, Reach};
 use crate::error::{Error, Result};
-use crate::listener::{Listener, SocketFile};
+use crate::listener::{Addr, SocketFile};
 use crate::locks::{lock, wait_for};
 use crate::proto::plugin::conn_info::Knock;
 use crate::proto::plugin::{ConnInfo, GrpcBroker, GrpcBrokerClient, create_grpc_broker};
@@ -164,7 +164,7 @@ impl Broker {
     /// When the host multiplexes, the listener is local to the plugin and
     /// nothing is announced: the host knocks for `id` and its next stream
     /// is bridged to it.
-    pub fn accept_and_serve(&self, id: u32, services: Vec<grpcio::Service>) -> Result<Listener> {
+    pub fn accept_and_serve(&self, id: u32, services: Vec<grpcio::Service>) -> Result<Addr> {
         let transport = self.transport()?;
         let mut server = transport.server(services)?;
         let (listener, socket) = transport.serve_brokered(&mut server)?;
@@ -304,7 +304,7 @@ impl Broker {
 }
 
 impl Rendezvous for Broker {
-    fn announce(&self, id: u32, listener: &Listener) -> Result<()> {
+    fn announce(&self, id: u32, listener: &Addr) -> Result<()> {
         Broker::announce(
             self,
             ConnInfo {

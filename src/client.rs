@@ -35,10 +35,10 @@ use crate::env::{
     PLUGIN_CLIENT_CERT, PLUGIN_MAX_PORT, PLUGIN_MIN_PORT, PLUGIN_PROTOCOL_VERSIONS,
     PLUGIN_UNIX_SOCKET_DIR, PLUGIN_UNIX_SOCKET_GROUP, PluginEnv,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Step};
 use crate::handshake::{HandshakeConfig, HandshakeLine};
 use crate::health;
-use crate::listener::Listener;
+use crate::listener::Addr;
 use crate::locks::lock;
 use crate::proto::grpc_health::HealthClient;
 use crate::proto::plugin::{Empty, GrpcControllerClient};
@@ -264,16 +264,16 @@ impl ClientBuilder {
         match (self.command.is_some(), self.reattach.is_some()) {
             (true, false) => self.launch(),
             (false, true) if self.secure.is_some() => Err(self.error(
-                "reattach",
+                Step::Reattach,
                 "only one of Reattach or SecureConfig can be set".into(),
             )),
             (false, true) => self.attach(),
             (true, true) => Err(self.error(
-                "start",
+                Step::Start,
                 "set either a command or a reattach configuration, not both".into(),
             )),
             (false, false) => Err(self.error(
-                "start",
+                Step::Start,
                 "no plugin to start: set a command (or a reattach configuration)".into(),
             )),
         }
@@ -295,7 +295,7 @@ impl ClientBuilder {
         }
     }
 
-    fn error(&self, step: &'static str, reason: String) -> Error {
+    fn error(&self, step: Step, reason: String) -> Error {
         Error::client(self.plugin_name(), step, reason)
     }
 
@@ -347,7 +347,7 @@ impl ClientBuilder {
     fn launch(mut self) -> Result<Client> {
         let name = self.plugin_name();
         let Some(mut command) = self.command.take() else {
-            return Err(self.error("start", "no command".into()));
+            return Err(self.error(Step::Start, "no command".into()));
         };
         // The command is taken: errors name the plugin as computed above,
         // and the program as given.
@@ -355,7 +355,7 @@ impl ClientBuilder {
         if let Some(secure) = &self.secure {
             let program = resolve_program(command.get_program(), command.get_current_dir());
             secure.check(&program).map_err(|reason| {
-                Error::client(&*name, "secure config", format!("{given:?}: {reason}"))
+                Error::client(&*name, Step::SecureConfig, format!("{given:?}: {reason}"))
             })?;
         }
         let host_cert = if self.auto_mtls {
@@ -380,7 +380,7 @@ impl ClientBuilder {
                 ),
                 _ => format!("cannot run the plugin's command {given:?}: {err}"),
             };
-            Error::client(&*name, "start", reason)
+            Error::client(&*name, Step::Start, reason)
         })?;
         let process = started.process;
         let target = format!("plugin.{name}");
@@ -418,11 +418,11 @@ impl ClientBuilder {
 
     fn attach(mut self) -> Result<Client> {
         let Some(config) = self.reattach.clone() else {
-            return Err(self.error("reattach", "no reattach configuration".into()));
+            return Err(self.error(Step::Reattach, "no reattach configuration".into()));
         };
         if config.protocol != "grpc" {
             return Err(self.error(
-                "reattach",
+                Step::Reattach,
                 format!(
                     "unsupported plugin protocol {:?}: goplugin's host speaks gRPC only",
                     config.protocol
@@ -431,7 +431,7 @@ impl ClientBuilder {
         }
         if config.pid != 0 && sys::process_gone(config.pid) {
             return Err(self.error(
-                "reattach",
+                Step::Reattach,
                 format!("Reattachment process not found: no process {}", config.pid),
             ));
         }
@@ -562,7 +562,7 @@ pub struct Client {
     reattached: Option<ReattachConfig>,
     channel: grpcio::Channel,
     version: u32,
-    listener: Listener,
+    listener: Addr,
     broker: Broker,
     transport: Arc<Transport>,
     output: Arc<Output>,
@@ -637,7 +637,7 @@ impl Client {
     }
 
     /// Where the plugin listens.
-    pub fn listener(&self) -> &Listener {
+    pub fn addr(&self) -> &Addr {
         &self.listener
     }
 
@@ -693,7 +693,7 @@ impl Client {
                 CallOption::default().timeout(Duration::from_secs(10)),
             )
             .map(drop)
-            .map_err(|err| Error::client(&*self.name, "ping", err.to_string()))
+            .map_err(|err| Error::client(&*self.name, Step::Ping, err.to_string()))
     }
 
     /// Stops the plugin as go-plugin's `Kill` does: ends the broker, calls

@@ -41,11 +41,11 @@ pub struct PluginEnv {
 /// Port 0 stands for "any port the OS assigns", which is what an unset
 /// range means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
+pub(crate) struct PortRange {
     /// First port to try.
-    pub min: u16,
+    pub(crate) min: u16,
     /// Last port to try.
-    pub max: u16,
+    pub(crate) max: u16,
 }
 
 impl PluginEnv {
@@ -108,7 +108,10 @@ impl PluginEnv {
     /// # Errors
     /// - [`Error::InvalidHandshakeConfig`]: the cookie key or value is empty;
     /// - [`Error::NotLaunchedByHost`]: the cookie is missing or different.
-    pub fn verify_cookie<S: AsRef<str>>(&self, handshake: &HandshakeConfig<S>) -> Result<()> {
+    pub(crate) fn verify_cookie<S: AsRef<str>>(
+        &self,
+        handshake: &HandshakeConfig<S>,
+    ) -> Result<()> {
         let (key, value) = (
             handshake.magic_cookie_key.as_ref(),
             handshake.magic_cookie_value.as_ref(),
@@ -129,7 +132,7 @@ impl PluginEnv {
     }
 
     /// The versions offered in `PLUGIN_PROTOCOL_VERSIONS`; empty when unset.
-    pub fn protocol_versions(&self) -> HostVersions {
+    pub(crate) fn protocol_versions(&self) -> HostVersions {
         HostVersions::parse(self.get(PLUGIN_PROTOCOL_VERSIONS).unwrap_or(""))
     }
 
@@ -141,7 +144,7 @@ impl PluginEnv {
     /// # Errors
     /// [`Error::InvalidEnv`] when a value is not a port number (0–65535) or
     /// the minimum is above the maximum.
-    pub fn port_range(&self) -> Result<PortRange> {
+    pub(crate) fn port_range(&self) -> Result<PortRange> {
         let min = self.port(PLUGIN_MIN_PORT)?;
         let max = self.port(PLUGIN_MAX_PORT)?;
         if min > max {
@@ -169,7 +172,7 @@ impl PluginEnv {
     }
 
     /// The host's PEM certificate when it asked for AutoMTLS.
-    pub fn client_cert(&self) -> Option<&str> {
+    pub(crate) fn client_cert(&self) -> Option<&str> {
         self.non_empty(PLUGIN_CLIENT_CERT)
     }
 
@@ -179,7 +182,7 @@ impl PluginEnv {
     /// in Go's `strconv.ParseBool` spelling (`1`, `t`, `T`, `true`, `TRUE`,
     /// `True`), `Some(false)` for anything else (the 7th field is still
     /// written, and the plugin does not multiplex).
-    pub fn multiplex_grpc(&self) -> Option<bool> {
+    pub(crate) fn multiplex_grpc(&self) -> Option<bool> {
         self.non_empty(PLUGIN_MULTIPLEX_GRPC)
             .map(|value| matches!(value, "1" | "t" | "T" | "true" | "TRUE" | "True"))
     }

@@ -116,12 +116,20 @@ pub enum Error {
     Client {
         /// The plugin's name (its command's file name) or address.
         plugin: String,
-        /// What the host was doing: "start", "handshake", "connect", …
-        step: &'static str,
+        /// What the host was doing.
+        step: Step,
         /// What went wrong, in go-plugin's words where it has some.
         reason: String,
         /// The last lines the plugin wrote on stderr, if any.
         printed: String,
+    },
+
+    /// A reattach configuration (go-plugin's `ReattachConfig` JSON, or a
+    /// map of them such as `TF_REATTACH_PROVIDERS`) that cannot be read.
+    #[error("cannot read the reattach configuration: {reason}")]
+    InvalidReattachConfig {
+        /// What is wrong with it.
+        reason: String,
     },
 
     /// gRPC failed to build or start the server.
@@ -133,9 +141,43 @@ pub enum Error {
     Handshake(io::Error),
 }
 
+/// What a host was doing when an [`Error::Client`] stopped it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Step {
+    /// Starting the plugin's command and waiting for its handshake line.
+    Start,
+    /// Checking the plugin's binary against a [`SecureConfig`](crate::SecureConfig).
+    SecureConfig,
+    /// Reading the handshake line: versions, address, certificate.
+    Handshake,
+    /// Connecting to the address the plugin gave.
+    Connect,
+    /// The first health check of a connected plugin.
+    HealthCheck,
+    /// Attaching to a running plugin with a [`ReattachConfig`](crate::ReattachConfig).
+    Reattach,
+    /// [`Client::ping`](crate::Client::ping).
+    Ping,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Start => "start",
+            Step::SecureConfig => "secure config",
+            Step::Handshake => "handshake",
+            Step::Connect => "connect",
+            Step::HealthCheck => "health check",
+            Step::Reattach => "reattach",
+            Step::Ping => "ping",
+        })
+    }
+}
+
 impl Error {
     /// An [`Error::Client`] that carries nothing the plugin printed.
-    pub(crate) fn client(plugin: impl Into<String>, step: &'static str, reason: String) -> Error {
+    pub(crate) fn client(plugin: impl Into<String>, step: Step, reason: String) -> Error {
         Error::Client {
             plugin: plugin.into(),
             step,
@@ -191,7 +233,7 @@ mod tests {
         assert_eq!(printable("a\u{1b}[31mb\r\n\tc"), "a\\u{1b}[31mb\\u{d}\n\tc");
         let err = Error::Client {
             plugin: "p".into(),
-            step: "start",
+            step: Step::Start,
             reason: "r".into(),
             printed: "\u{7}bell".into(),
         };

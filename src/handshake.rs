@@ -276,11 +276,11 @@ impl HandshakeLine {
 
 /// The app protocol versions a host offered in `PLUGIN_PROTOCOL_VERSIONS`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HostVersions {
+pub(crate) struct HostVersions {
     /// Versions that parsed, in the host's order.
-    pub versions: Vec<u32>,
+    pub(crate) versions: Vec<u32>,
     /// Entries that are not versions; go-plugin skips them with a warning.
-    pub invalid: Vec<String>,
+    pub(crate) invalid: Vec<String>,
 }
 
 impl HostVersions {
@@ -288,7 +288,7 @@ impl HostVersions {
     /// `,`. Whitespace around an entry is tolerated; empty entries are
     /// ignored; anything else that is not a number is kept in
     /// [`invalid`](Self::invalid).
-    pub fn parse(value: &str) -> HostVersions {
+    pub(crate) fn parse(value: &str) -> HostVersions {
         let mut parsed = HostVersions::default();
         for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             match entry.parse::<u32>() {
@@ -306,7 +306,7 @@ impl HostVersions {
 /// without any host versions) it returns the plugin's lowest version, so
 /// that the host can report the mismatch itself ("incompatible API version
 /// with plugin"). Returns `None` only when `plugin` is empty.
-pub fn negotiate_version(plugin: &BTreeSet<u32>, host: &[u32]) -> Option<u32> {
+pub(crate) fn negotiate_version(plugin: &BTreeSet<u32>, host: &[u32]) -> Option<u32> {
     plugin
         .iter()
         .rev()

@@ -195,12 +195,19 @@ pub mod codec;
 mod controller;
 pub mod env;
 mod error;
-pub mod handshake;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+mod handshake;
 mod health;
 mod listener;
 mod locks;
 pub mod logging;
 mod mux;
+// go-plugin's own services, generated: for goplugin's tests and tools that
+// speak the protocol directly, not part of the API ([`Client`] and
+// [`PluginServer`] are).
+#[doc(hidden)]
 pub mod proto;
 mod ready;
 mod reattach;
@@ -221,14 +228,16 @@ pub use blocking::{BlockingPool, answer};
 pub use broker::Broker;
 pub use client::{Client, ClientBuilder, SecureConfig};
 pub use env::PluginEnv;
-pub use error::{Error, Result};
+pub use error::{Error, Result, Step};
 /// The `futures` crate grpcio's async API is written in (sinks, streams,
 /// `executor::block_on`), for handlers and hosts in grpcio's async style.
 pub use futures;
 pub use grpcio;
-pub use handshake::{CORE_PROTOCOL_VERSION, HandshakeConfig, HandshakeLine, Network};
+pub use handshake::{
+    CORE_PROTOCOL_VERSION, HandshakeConfig, HandshakeLine, Network, ParseHandshakeError,
+};
 pub use health::HEALTH_SERVICE_NAME;
-pub use listener::Listener;
+pub use listener::Addr;
 pub use log;
 pub use protobuf;
 pub use ready::ReadyHandle;

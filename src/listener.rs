@@ -27,9 +27,11 @@ use crate::sys;
 /// Longest unix socket path Linux accepts (`sun_path` is 108 bytes, NUL included).
 const MAX_SOCKET_PATH: usize = 107;
 
-/// A listening address the gRPC server owns.
+/// Where a plugin (or a brokered server) listens: go-plugin's `net.Addr`,
+/// as the handshake line's fields 3 and 4 and `ReattachConfig.Addr` give
+/// it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listener {
+pub struct Addr {
     /// `tcp` or `unix`.
     pub network: Network,
     /// What goes into field 4 of the handshake line: `127.0.0.1:PORT` or
@@ -37,8 +39,8 @@ pub struct Listener {
     pub address: String,
 }
 
-impl Listener {
-    /// The address a grpcio client dials to reach this listener:
+impl Addr {
+    /// The target a grpcio client dials to reach it:
     /// `unix:/path` or `127.0.0.1:port`.
     pub fn dial_target(&self) -> String {
         match self.network {
@@ -154,7 +156,7 @@ pub(crate) enum Conn {
 
 impl Conn {
     /// Connects to `listener`.
-    pub(crate) fn connect(listener: &Listener) -> io::Result<Conn> {
+    pub(crate) fn connect(listener: &Addr) -> io::Result<Conn> {
         Ok(match listener.network {
             Network::Unix => Conn::Unix(UnixStream::connect(&listener.address)?),
             Network::Tcp => {
@@ -234,7 +236,7 @@ pub(crate) fn bind(
     binder: &mut dyn Bind,
     prefer: Prefer,
     env: &PluginEnv,
-) -> Result<(Listener, Option<SocketFile>)> {
+) -> Result<(Addr, Option<SocketFile>)> {
     if prefer == Prefer::Unix {
         match unix_socket_path(env)? {
             Ok(path) => {
@@ -254,7 +256,7 @@ pub(crate) fn bind(
 pub(crate) fn bind_local(
     binder: &mut dyn Bind,
     env: &PluginEnv,
-) -> Result<(Listener, Option<SocketFile>)> {
+) -> Result<(Addr, Option<SocketFile>)> {
     if let Ok(path) = unix_socket_path(env)? {
         let (listener, socket) = bind_unix(binder, &path, env)?;
         return Ok((listener, Some(socket)));
@@ -297,11 +299,7 @@ fn unix_socket_path(env: &PluginEnv) -> Result<std::result::Result<PathBuf, Stri
     Ok(Ok(path))
 }
 
-fn bind_unix(
-    binder: &mut dyn Bind,
-    path: &Path,
-    env: &PluginEnv,
-) -> Result<(Listener, SocketFile)> {
+fn bind_unix(binder: &mut dyn Bind, path: &Path, env: &PluginEnv) -> Result<(Addr, SocketFile)> {
     let address = path.to_string_lossy().into_owned();
     // Resolve the group first: an unknown group must not leave a socket behind.
     let group = match env.get(PLUGIN_UNIX_SOCKET_GROUP).filter(|g| !g.is_empty()) {
@@ -333,7 +331,7 @@ fn bind_unix(
         }
     })?;
     Ok((
-        Listener {
+        Addr {
             network: Network::Unix,
             address,
         },
@@ -348,7 +346,7 @@ fn bind_unix(
 /// off (see `server.rs`), so that a successful bind means the port is ours
 /// alone. Each port is first probed with a plain socket, which keeps gRPC
 /// from logging an error for every busy port of a wide range.
-fn bind_tcp(binder: &mut dyn Bind, range: PortRange) -> Result<Listener> {
+fn bind_tcp(binder: &mut dyn Bind, range: PortRange) -> Result<Addr> {
     for port in range.min..=range.max {
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
         match TcpListener::bind(addr) {
@@ -365,7 +363,7 @@ fn bind_tcp(binder: &mut dyn Bind, range: PortRange) -> Result<Listener> {
         // The probe is closed again; gRPC can still lose a race for the
         // port to another process, and then the next port is tried.
         if let Some(bound) = binder.bind_tcp(addr) {
-            return Ok(Listener {
+            return Ok(Addr {
                 network: Network::Tcp,
                 address: SocketAddrV4::new(Ipv4Addr::LOCALHOST, bound).to_string(),
             });

@@ -10,7 +10,7 @@ use std::io;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 
-use crate::listener::{Listener, RawListener};
+use crate::listener::{Addr, RawListener};
 use crate::locks::{lock, wait_for};
 use crate::yamux::Session;
 
@@ -23,8 +23,8 @@ use crate::yamux::Session;
 /// acknowledges with [`accept_knock`](Self::accept_knock), and the next
 /// stream the host opens goes to that id's server.
 pub(crate) struct Muxer {
-    main: Listener,
-    brokered: Mutex<HashMap<u32, Listener>>,
+    main: Addr,
+    brokered: Mutex<HashMap<u32, Addr>>,
     registered: Condvar,
     knocks: Mutex<VecDeque<u32>>,
     session: OnceLock<Session>,
@@ -41,7 +41,7 @@ struct Accepting {
 
 impl Muxer {
     /// A muxer whose default server listens at `main`.
-    pub(crate) fn new(main: Listener) -> Arc<Muxer> {
+    pub(crate) fn new(main: Addr) -> Arc<Muxer> {
         Arc::new(Muxer {
             main,
             brokered: Mutex::new(HashMap::new()),
@@ -102,7 +102,7 @@ impl Muxer {
     }
 
     /// Makes `listener` the server for brokered `id`.
-    pub(crate) fn register(&self, id: u32, listener: Listener) {
+    pub(crate) fn register(&self, id: u32, listener: Addr) {
         lock(&self.brokered).insert(id, listener);
         self.registered.notify_all();
     }
@@ -125,7 +125,7 @@ impl Muxer {
         Ok(())
     }
 
-    fn route(&self) -> Listener {
+    fn route(&self) -> Addr {
         let knocked = lock(&self.knocks).pop_front();
         knocked
             .and_then(|id| lock(&self.brokered).get(&id).cloned())

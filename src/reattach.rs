@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::handshake::Network;
-use crate::listener::Listener;
+use crate::listener::Addr;
 
 /// Where to find a plugin that is already running (go-plugin's
 /// `ReattachConfig`; Terraform's `TF_REATTACH_PROVIDERS` holds these as
@@ -19,7 +19,7 @@ pub struct ReattachConfig {
     /// The app protocol version the plugin serves.
     pub protocol_version: u32,
     /// Where it listens.
-    pub addr: Listener,
+    pub addr: Addr,
     /// Its process id (0 when unknown).
     pub pid: u32,
     /// Test (debug) mode: the host that attaches never stops the plugin.
@@ -162,7 +162,7 @@ impl ReattachConfig {
             protocol: text(value, "Protocol").unwrap_or_else(|_| "grpc".into()),
             protocol_version: number("ProtocolVersion")
                 .ok_or_else(|| "ProtocolVersion is missing".to_string())?,
-            addr: Listener {
+            addr: Addr {
                 network,
                 address: text(addr, "String")?,
             },
@@ -218,7 +218,7 @@ fn provider_keys(address: &str) -> std::result::Result<Vec<String>, String> {
 
 /// A reattach configuration that cannot be read.
 fn invalid(reason: String) -> Error {
-    Error::client("reattach", "read the reattach configuration", reason)
+    Error::InvalidReattachConfig { reason }
 }
 
 #[cfg(test)]
@@ -266,7 +266,7 @@ mod tests {
             .to_string();
         assert!(
             bad.ends_with(
-                "read the reattach configuration: \"a/b/c\": Network is missing or not a string"
+                "cannot read the reattach configuration: \"a/b/c\": Network is missing or not a string"
             ),
             "{bad}"
         );

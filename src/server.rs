@@ -13,7 +13,7 @@ use crate::broker::{self, Broker};
 use crate::env::PluginEnv;
 use crate::error::{Error, Result};
 use crate::handshake::{HandshakeConfig, HandshakeLine, negotiate_version};
-use crate::listener::{Listener, Prefer};
+use crate::listener::{Addr, Prefer};
 use crate::ready::ReadyHandle;
 use crate::reattach::ReattachConfig;
 use crate::shutdown::{ShutdownHandle, Stop};
@@ -464,7 +464,7 @@ impl PluginServerBuilder {
 /// A plugin server that is bound and ready to announce itself.
 ///
 /// Inspect it ([`handshake_line`](Self::handshake_line),
-/// [`listener`](Self::listener)), take a
+/// [`addr`](Self::addr)), take a
 /// [`shutdown_handle`](Self::shutdown_handle), then [`serve`](Self::serve).
 ///
 /// ```no_run
@@ -481,7 +481,7 @@ impl PluginServerBuilder {
 ///     .service(create_my_service())
 ///     .threads(2)
 ///     .build()?;
-/// eprintln!("listening on {}", server.listener().address);
+/// eprintln!("listening on {}", server.addr().address);
 /// let stop = server.shutdown_handle();
 /// std::thread::spawn(move || {
 ///     std::thread::sleep(std::time::Duration::from_secs(60));
@@ -497,7 +497,7 @@ pub struct PluginServer {
     /// (the broker, which users may keep, holds it too).
     transport: Arc<Transport>,
     health: health::Health,
-    listener: Listener,
+    listener: Addr,
     line: HandshakeLine,
     shutdown: ShutdownHandle,
     /// Where the handshake line goes; `None`: the real stdout.
@@ -557,7 +557,7 @@ impl PluginServer {
     }
 
     /// Where the server listens.
-    pub fn listener(&self) -> &Listener {
+    pub fn addr(&self) -> &Addr {
         &self.listener
     }
 

@@ -28,7 +28,7 @@ use grpcio::{ChannelBuilder, EnvBuilder, Environment, ServerBuilder};
 
 use crate::env::PluginEnv;
 use crate::error::{Error, Result};
-use crate::listener::{self, GrpcBind, Listener, Prefer, RawBind, RawListener, SocketFile};
+use crate::listener::{self, Addr, GrpcBind, Prefer, RawBind, RawListener, SocketFile};
 use crate::locks::{block_on_until, lock};
 use crate::mux::Muxer;
 use crate::sys;
@@ -65,7 +65,7 @@ const REQUEST_SLOTS: usize = 64;
 /// between the plugin and the host for brokered connections.
 pub(crate) trait Rendezvous: Send + Sync + 'static {
     /// Tells the host that service `id` listens at `listener`.
-    fn announce(&self, id: u32, listener: &Listener) -> Result<()>;
+    fn announce(&self, id: u32, listener: &Addr) -> Result<()>;
     /// Where the host serves `id`, once it says so (up to
     /// [`BROKER_TIMEOUT`]): a grpcio dial target.
     fn announced(&self, id: u32) -> Result<String>;
@@ -256,7 +256,7 @@ impl Transport {
     /// locally behind the public socket the host dials. Returns the
     /// address for the handshake line. Called once, before
     /// [`start`](Self::start).
-    pub(crate) fn bind_main(&mut self, server: &mut grpcio::Server) -> Result<Listener> {
+    pub(crate) fn bind_main(&mut self, server: &mut grpcio::Server) -> Result<Addr> {
         let mut binder = GrpcBind {
             server,
             tls: self.tls.as_deref(),
@@ -301,7 +301,7 @@ impl Transport {
     pub(crate) fn serve_brokered(
         &self,
         server: &mut grpcio::Server,
-    ) -> Result<(Listener, Option<SocketFile>)> {
+    ) -> Result<(Addr, Option<SocketFile>)> {
         let mut binder = GrpcBind {
             server,
             tls: self.tls.as_deref(),
@@ -320,7 +320,7 @@ impl Transport {
     pub(crate) fn publish(
         &self,
         id: u32,
-        listener: &Listener,
+        listener: &Addr,
         rendezvous: &dyn Rendezvous,
     ) -> Result<()> {
         match &self.link {
@@ -444,7 +444,7 @@ impl Transport {
         id: u32,
         rendezvous: Arc<dyn Rendezvous>,
         failure: Arc<Mutex<Option<String>>>,
-    ) -> Result<Listener> {
+    ) -> Result<Addr> {
         let mut binder = RawBind::default();
         let (listener, socket) = listener::bind_local(&mut binder, &self.env)?;
         let Some(raw) = binder.0 else {

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 
-use crate::listener::{Conn, Listener};
+use crate::listener::{Addr, Conn};
 use crate::locks::{lock, wait};
 
 /// yamux's only protocol version.
@@ -62,7 +62,7 @@ fn header(kind: u8, flags: u16, stream: u32, length: u32) -> [u8; HEADER_LEN] {
 
 /// Which local listener a stream the host opens goes to. Called on the
 /// session's reading thread, in the order the streams arrive.
-pub(crate) type Router = dyn Fn() -> Option<Listener> + Send + Sync;
+pub(crate) type Router = dyn Fn() -> Option<Addr> + Send + Sync;
 
 /// A yamux session, server side. Cheap to clone.
 #[derive(Clone)]

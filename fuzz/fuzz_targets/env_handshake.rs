@@ -7,7 +7,9 @@
 use std::collections::BTreeSet;
 
 use goplugin::env::{PLUGIN_MAX_PORT, PLUGIN_MIN_PORT, PLUGIN_PROTOCOL_VERSIONS};
-use goplugin::handshake::{HostVersions, negotiate_version};
+use goplugin::fuzzing::{
+    env_versions, host_versions, multiplex_grpc, negotiate_version, port_range, verify_cookie,
+};
 use goplugin::{HandshakeConfig, HandshakeLine, Network, PluginEnv};
 use libfuzzer_sys::fuzz_target;
 
@@ -33,14 +35,14 @@ fuzz_target!(|data: &[u8]| {
         ("BASIC_PLUGIN", cookie),
     ]);
 
-    assert_eq!(env.verify_cookie(&HANDSHAKE).is_ok(), cookie == "hello");
-    if let Ok(range) = env.port_range() {
-        assert!(range.min <= range.max);
+    assert_eq!(verify_cookie(&env, &HANDSHAKE).is_ok(), cookie == "hello");
+    if let Ok((min, max)) = port_range(&env) {
+        assert!(min <= max);
     }
-    let offered = env.protocol_versions();
-    assert_eq!(offered, HostVersions::parse(versions));
-    let plugin: BTreeSet<u32> = offered.versions.iter().map(|v| v % 4).chain([1]).collect();
-    let picked = negotiate_version(&plugin, &offered.versions).expect("plugin set is not empty");
+    let offered = env_versions(&env);
+    assert_eq!(offered, host_versions(versions));
+    let plugin: BTreeSet<u32> = offered.0.iter().map(|v| v % 4).chain([1]).collect();
+    let picked = negotiate_version(&plugin, &offered.0).expect("plugin set is not empty");
     assert!(plugin.contains(&picked));
 
     let line = HandshakeLine {
@@ -48,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
         network: Network::Tcp,
         address: "127.0.0.1:1".to_string(),
         server_cert: None,
-        multiplex: env.multiplex_grpc().map(|_| true),
+        multiplex: multiplex_grpc(&env).map(|_| true),
     }
     .to_string();
     assert!(!line.contains('\n'));

@@ -4,7 +4,7 @@
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Step};
 
 /// go-plugin's `SecureConfig`: the plugin binary must have this SHA-256,
 /// or it is not started.
@@ -30,7 +30,7 @@ impl SecureConfig {
         } else {
             Err(Error::client(
                 "",
-                "secure config",
+                Step::SecureConfig,
                 format!("{hex:?} is not a SHA-256 checksum (64 hex digits)"),
             ))
         }

@@ -12,10 +12,10 @@ use super::stdio_sync::{StdioSubscription, subscribe_stdio};
 use crate::address::{self, Reach};
 use crate::broker::Broker;
 use crate::env::PluginEnv;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Step};
 use crate::handshake::HandshakeLine;
 use crate::health;
-use crate::listener::Listener;
+use crate::listener::Addr;
 use crate::proto::grpc_health::HealthClient;
 use crate::proto::plugin::GrpcBrokerClient;
 use crate::tls::{AutoMtls, HostCertificate};
@@ -44,7 +44,7 @@ pub(super) struct Dial<'a> {
 pub(super) struct Connected {
     pub(super) channel: grpcio::Channel,
     pub(super) version: u32,
-    pub(super) listener: Listener,
+    pub(super) listener: Addr,
     pub(super) broker: Broker,
     pub(super) transport: Arc<Transport>,
     pub(super) stdio: Option<StdioSubscription>,
@@ -60,7 +60,7 @@ pub(super) struct Starting {
 }
 
 impl Starting {
-    fn fail(&self, step: &'static str, reason: String) -> Error {
+    fn fail(&self, step: Step, reason: String) -> Error {
         Error::client(&*self.name, step, reason)
     }
 
@@ -107,7 +107,7 @@ impl Starting {
                     None => " (it closed its stdout)".into(),
                 };
                 self.fail(
-                    "start",
+                    Step::Start,
                     format!(
                         "plugin exited before we could connect{how}: it printed no handshake \
                          line on stdout"
@@ -115,7 +115,7 @@ impl Starting {
                 )
             }
             Err(_) => self.fail(
-                "start",
+                Step::Start,
                 format!(
                     "timeout while waiting for plugin to start: no handshake line within {:?}",
                     self.timeout
@@ -149,9 +149,9 @@ impl Starting {
         // Without events there is no process: the line came from a
         // reattach configuration.
         let step = if events.is_some() {
-            "handshake"
+            Step::Handshake
         } else {
-            "reattach"
+            Step::Reattach
         };
         let parsed = HandshakeLine::parse(line).map_err(|e| self.fail(step, e.to_string()))?;
         // Parsed here, never handed to gRPC's target parser as it is.
@@ -160,7 +160,7 @@ impl Starting {
         let version = parsed.app_protocol_version;
         if !dial.versions.contains(&version) {
             return Err(self.fail(
-                "handshake",
+                Step::Handshake,
                 format!(
                     "incompatible API version with plugin. Plugin version: {version}, Client \
                      versions: {:?}",
@@ -171,11 +171,11 @@ impl Starting {
         let tls = match (dial.host_cert, &parsed.server_cert, dial.tls) {
             (Some(host), Some(cert), _) => Some(Arc::new(
                 host.trust(cert)
-                    .map_err(|e| self.fail("handshake", e.to_string()))?,
+                    .map_err(|e| self.fail(Step::Handshake, e.to_string()))?,
             )),
             (Some(_), None, _) => {
                 return Err(self.fail(
-                    "handshake",
+                    Step::Handshake,
                     "the host runs AutoMTLS, and the plugin sent no certificate (handshake \
                      field 6): it does not support AutoMTLS; turn AutoMTLS off for it"
                         .into(),
@@ -183,12 +183,12 @@ impl Starting {
             }
             (None, Some(cert), Some(tls)) => Some(Arc::new(
                 tls.trusting_field(cert)
-                    .map_err(|e| self.fail("handshake", e.to_string()))?,
+                    .map_err(|e| self.fail(Step::Handshake, e.to_string()))?,
             )),
             (None, None, Some(tls)) => Some(Arc::new(tls.clone())),
             (None, Some(_), None) => {
                 return Err(self.fail(
-                    "handshake",
+                    Step::Handshake,
                     "the plugin sent a certificate (handshake field 6) but the host did not \
                      ask for TLS: turn AutoMTLS on, or configure TLS"
                         .into(),
@@ -196,7 +196,7 @@ impl Starting {
             }
             (None, None, None) => None,
         };
-        let listener = Listener {
+        let listener = Addr {
             network: parsed.network.clone(),
             address: parsed.address.clone(),
         };
@@ -234,7 +234,7 @@ impl Starting {
     fn check_health(
         &self,
         channel: &grpcio::Channel,
-        listener: &Listener,
+        listener: &Addr,
         events: Option<&mpsc::Receiver<Event>>,
     ) -> Result<()> {
         let request = health::plugin_check();
@@ -243,7 +243,7 @@ impl Starting {
         let status = match HealthClient::new(channel.clone()).check_opt(&request, call) {
             Ok(_) => return Ok(()),
             Err(grpcio::Error::RpcFailure(status)) => status,
-            Err(err) => return Err(self.fail("health check", err.to_string())),
+            Err(err) => return Err(self.fail(Step::HealthCheck, err.to_string())),
         };
         let at = format!("{} {}", listener.network.as_str(), listener.address);
         match status.code() {
@@ -260,19 +260,19 @@ impl Starting {
                     "nothing accepts connections there, or the TLS handshake failed".into()
                 });
                 Err(self.fail(
-                    "connect",
+                    Step::Connect,
                     format!("cannot connect to {at}: {why} ({})", status.message()),
                 ))
             }
             RpcStatusCode::DEADLINE_EXCEEDED => Err(self.fail(
-                "connect",
+                Step::Connect,
                 format!(
                     "timeout while waiting for plugin to start: {at} did not answer within {:?}",
                     self.timeout
                 ),
             )),
             _ => Err(self.fail(
-                "health check",
+                Step::HealthCheck,
                 format!(
                     "the plugin at {at} answered {}: {}",
                     status.code(),

@@ -104,8 +104,8 @@ fn the_highest_common_version_selects_its_services() {
             "{offered}"
         );
         let stop = server.shutdown_handle();
-        let address = server.listener().dial_target();
-        let server_listener = server.listener().clone();
+        let address = server.addr().dial_target();
+        let server_listener = server.addr().clone();
         let (line, handle) = serve(server, &out);
         let listener = server_listener.clone();
         assert_eq!(
@@ -169,7 +169,7 @@ fn debug_mode_needs_no_host_and_says_how_to_attach() {
     assert_eq!(reattach.protocol_version, 5, "the newest version served");
     assert!(reattach.test, "a host that attaches must not stop it");
     assert_eq!(reattach.pid, std::process::id());
-    assert_eq!(reattach.addr, *server.listener());
+    assert_eq!(reattach.addr, *server.addr());
     assert_eq!(server.handshake_line().server_cert, None, "no AutoMTLS");
     assert_eq!(server.handshake_line().multiplex, None, "no multiplexing");
     let normal = builder().env(env("1")).build().expect("builds");
@@ -313,7 +313,7 @@ fn a_shutdown_handle_lets_a_call_in_progress_finish() {
     let out = Captured::default();
     let (server, started, release) = held_server(&out);
     let stop = server.shutdown_handle();
-    let kv = client(&server.listener().dial_target());
+    let kv = client(&server.addr().dial_target());
     let (_, serving) = serve(server, &out);
     let call = thread::spawn(move || get(&kv, "k"));
     started.recv().unwrap();
@@ -338,7 +338,7 @@ fn the_hosts_shutdown_cancels_calls_in_progress_at_once() {
 
     let out = Captured::default();
     let (server, started, release) = held_server(&out);
-    let target = server.listener().dial_target();
+    let target = server.addr().dial_target();
     let kv = client(&target);
     let (_, serving) = serve(server, &out);
     let call = thread::spawn(move || get(&kv, "k"));
@@ -432,7 +432,7 @@ fn meet_on_one_connection(parties: usize) {
         .build()
         .unwrap();
     let stop = server.shutdown_handle();
-    let address = server.listener().dial_target();
+    let address = server.addr().dial_target();
     let (_, handle) = serve(server, &out);
     let kv = client(&address); // one channel: one connection
     let calls: Vec<_> = (0..parties)
@@ -504,7 +504,7 @@ fn the_broker_dials_what_the_host_announces_and_announces_what_it_serves() {
     let broker = builder.broker();
     let server = builder.handshake_output(out.clone()).build().unwrap();
     let stop = server.shutdown_handle();
-    let target = server.listener().dial_target();
+    let target = server.addr().dial_target();
     let (_, serving) = serve(server, &out);
 
     // The plugin serves something under an id before the host opens the

@@ -551,7 +551,7 @@ fn kill_stops_a_plugin_at_once_and_is_idempotent_and_drop_kills_too() {
         .start()
         .expect("kv-plugin starts");
     assert_eq!(client.negotiated_version(), 1);
-    assert_eq!(client.listener().network, goplugin::Network::Unix);
+    assert_eq!(client.addr().network, goplugin::Network::Unix);
     client.ping().expect("ping");
     let began = Instant::now();
     client.kill();
@@ -668,7 +668,7 @@ fn reattach_drives_a_running_plugin_and_stops_it_unless_in_test_mode() {
         .reattach(ReattachConfig {
             protocol: "grpc".into(),
             protocol_version: 1,
-            addr: goplugin::Listener {
+            addr: goplugin::Addr {
                 network: goplugin::Network::Unix,
                 address: "/nonexistent/plugin".into(),
             },
@@ -681,7 +681,7 @@ fn reattach_drives_a_running_plugin_and_stops_it_unless_in_test_mode() {
         matches!(
             err,
             Error::Client {
-                step: "connect",
+                step: goplugin::Step::Connect,
                 ..
             }
         ),
