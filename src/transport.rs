@@ -61,6 +61,13 @@ pub(crate) fn default_memory_quota(max_message_size: Option<usize>) -> usize {
 /// queue for the next one, it is not refused.
 const REQUEST_SLOTS: usize = 64;
 
+/// Calls (streams) one connection may have open at once on a plugin's
+/// servers, announced in HTTP/2's SETTINGS: a host's client waits for a
+/// free one rather than failing. gRPC's default is no limit; a go-plugin
+/// host has a few calls in flight (Terraform 10), and a peer that opens
+/// thousands is held to this many, which the memory quota then bounds.
+const MAX_CONCURRENT_STREAMS: i32 = 1024;
+
 /// What the broker stream offers the transport: go-plugin's rendezvous
 /// between the plugin and the host for brokered connections.
 pub(crate) trait Rendezvous: Send + Sync + 'static {
@@ -242,7 +249,8 @@ impl Transport {
             .limited("goplugin")
             // gRPC sets SO_REUSEPORT by default: then a "successful" bind
             // could share a port with another process.
-            .reuse_port(false);
+            .reuse_port(false)
+            .max_concurrent_stream(MAX_CONCURRENT_STREAMS);
         let mut builder = ServerBuilder::new(Arc::clone(&self.grpc_env))
             .channel_args(args.build_args())
             .requests_slot_per_cq(REQUEST_SLOTS);

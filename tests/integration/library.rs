@@ -258,6 +258,70 @@ fn the_ready_handle_says_when_the_handshake_line_is_out() {
     assert!(!ready.wait(), "no line, never ready");
 }
 
+/// Count streams that are held open, never answered.
+#[derive(Clone, Default)]
+struct HeldStreams(
+    Arc<
+        Mutex<
+            Vec<goplugin::grpcio::ServerStreamingSink<streaming_plugin::proto::streaming::Number>>,
+        >,
+    >,
+);
+
+impl streaming_plugin::proto::streaming_grpc::Numbers for HeldStreams {
+    fn count(
+        &mut self,
+        _: RpcContext<'_>,
+        _: streaming_plugin::proto::streaming::Range,
+        sink: goplugin::grpcio::ServerStreamingSink<streaming_plugin::proto::streaming::Number>,
+    ) {
+        self.0.lock().unwrap().push(sink);
+    }
+}
+
+/// One connection gets at most 1024 calls open at once on a plugin's
+/// server (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS): the client holds the
+/// rest back until one ends, rather than the plugin taking them all.
+#[test]
+fn a_connection_has_at_most_1024_calls_open_at_once() {
+    use streaming_plugin::proto::streaming::Range;
+    use streaming_plugin::proto::streaming_grpc::{NumbersClient, create_numbers};
+
+    let held = HeldStreams::default();
+    let out = Captured::default();
+    let server = builder()
+        .env(env("1"))
+        .service(create_numbers(held.clone()))
+        .handshake_output(out.clone())
+        .build()
+        .unwrap();
+    let stop = server.shutdown_handle();
+    let target = server.addr().dial_target();
+    let (_, handle) = serve(server, &out);
+    let grpc = Arc::new(goplugin::grpcio::EnvBuilder::new().cq_count(1).build());
+    let numbers = NumbersClient::new(goplugin::grpcio::ChannelBuilder::new(grpc).connect(&target));
+    let calls: Vec<_> = (0..1024 + 16)
+        .map(|_| numbers.count(&Range::default()).expect("a call"))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while held.0.lock().unwrap().len() < 1024 && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(held.0.lock().unwrap().len(), 1024, "the limit, and no more");
+    // One ends: one of those waiting goes in.
+    drop(held.0.lock().unwrap().pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while held.0.lock().unwrap().len() < 1024 && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(held.0.lock().unwrap().len(), 1024);
+    drop(calls);
+    stop.shutdown();
+    held.0.lock().unwrap().clear();
+    handle.join().unwrap().expect("serve returns Ok");
+}
+
 /// Each Get starts, says so on `started`, then blocks until the test sends
 /// on the `release` channel it was given.
 #[derive(Clone)]
