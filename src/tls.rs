@@ -23,10 +23,17 @@ use grpcio::{
     CertificateRequestType, ChannelCredentials, ChannelCredentialsBuilder, ServerCredentials,
     ServerCredentialsBuilder,
 };
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SerialNumber,
+use openssl::asn1::Asn1Time;
+use openssl::bn::BigNum;
+use openssl::ec::{EcGroup, EcKey};
+use openssl::error::ErrorStack;
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::PKey;
+use openssl::x509::extension::{
+    BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
 };
+use openssl::x509::{X509, X509NameBuilder};
 
 use crate::env::PLUGIN_CLIENT_CERT;
 use crate::error::{Error, Result};
@@ -156,12 +163,24 @@ fn field_to_pem(field: &str) -> Result<Vec<u8>> {
     let der = STANDARD_NO_PAD.decode(field).map_err(|e| Error::Tls {
         reason: format!("error parsing server cert: {e}"),
     })?;
-    if let Err(err) = x509_parser::parse_x509_certificate(&der) {
+    if let Err(err) = parse_certificate(&der) {
         return Err(Error::Tls {
             reason: format!("the plugin's certificate (handshake field 6) is not X.509: {err}"),
         });
     }
     Ok(der_to_pem(&der).into_bytes())
+}
+
+/// `der` as one X.509 certificate, all of it: OpenSSL's parser reads a
+/// certificate from the front of its input, so what it read is written
+/// back and must be the whole input.
+fn parse_certificate(der: &[u8]) -> std::result::Result<X509, String> {
+    let cert = X509::from_der(der).map_err(|e| e.to_string())?;
+    match cert.to_der() {
+        Ok(again) if again.len() == der.len() => Ok(cert),
+        Ok(_) => Err("bytes after its certificate".into()),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 /// A DER certificate as a PEM `CERTIFICATE` block, 64 characters a line.
@@ -200,34 +219,57 @@ impl AutoMtls {
 /// A self-signed certificate like go-plugin's `generateCert`: CN and SAN
 /// `localhost`, a CA that may sign certificates, usable for server and
 /// client authentication, valid from 30 s ago for 30 years. Returns the
-/// certificate PEM, the key PEM and the certificate DER.
-fn generate_certificate() -> std::result::Result<(String, String, Vec<u8>), rcgen::Error> {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
-    let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, "localhost");
-    name.push(DnType::OrganizationName, "HashiCorp");
-    params.distinguished_name = name;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-        KeyUsagePurpose::KeyAgreement,
-        KeyUsagePurpose::KeyCertSign,
-    ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::seconds(30);
-    params.not_after = now + time::Duration::hours(262_980);
+/// certificate PEM, the key PEM (PKCS#8) and the certificate DER.
+fn generate_certificate() -> std::result::Result<(String, String, Vec<u8>), ErrorStack> {
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+    let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_nid(Nid::COMMONNAME, "localhost")?;
+    name.append_entry_by_nid(Nid::ORGANIZATIONNAME, "HashiCorp")?;
+    let name = name.build();
     let mut serial = [0u8; 16];
     fill_random(&mut serial);
     serial[0] &= 0x7f; // a positive INTEGER
-    params.serial_number = Some(SerialNumber::from_slice(&serial));
-    let cert = params.self_signed(&key)?;
-    Ok((cert.pem(), key.serialize_pem(), cert.der().to_vec()))
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let now = i64::try_from(now).unwrap_or(i64::MAX - 1_000_000_000);
+    let mut cert = X509::builder()?;
+    cert.set_version(2)?; // X.509 v3
+    cert.set_serial_number(BigNum::from_slice(&serial)?.to_asn1_integer()?.as_ref())?;
+    cert.set_subject_name(&name)?;
+    cert.set_issuer_name(&name)?;
+    cert.set_pubkey(&key)?;
+    cert.set_not_before(Asn1Time::from_unix(now - 30)?.as_ref())?;
+    cert.set_not_after(Asn1Time::from_unix(now + 262_980 * 3600)?.as_ref())?;
+    cert.append_extension(BasicConstraints::new().critical().ca().build()?)?;
+    cert.append_extension(
+        KeyUsage::new()
+            .critical()
+            .digital_signature()
+            .key_encipherment()
+            .key_agreement()
+            .key_cert_sign()
+            .build()?,
+    )?;
+    cert.append_extension(
+        ExtendedKeyUsage::new()
+            .server_auth()
+            .client_auth()
+            .build()?,
+    )?;
+    let san = SubjectAlternativeName::new()
+        .dns("localhost")
+        .build(&cert.x509v3_context(None, None))?;
+    cert.append_extension(san)?;
+    cert.sign(&key, MessageDigest::sha256())?;
+    let cert = cert.build();
+    let pem = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+    Ok((
+        pem(cert.to_pem()?),
+        pem(key.private_key_to_pem_pkcs8()?),
+        cert.to_der()?,
+    ))
 }
 
 /// Fills `buf` from the kernel's random source. Used where uniqueness
@@ -276,9 +318,9 @@ fn check_certificate_pem(pem: &str) -> Result<()> {
         let der = STANDARD
             .decode(body)
             .map_err(|_| invalid("a CERTIFICATE block is not valid base64"))?;
-        match x509_parser::parse_x509_certificate(&der) {
-            Ok(([], _)) => {}
-            Ok(_) => {
+        match parse_certificate(&der) {
+            Ok(_) => {}
+            Err(err) if err.starts_with("bytes after") => {
                 return Err(invalid(
                     "a CERTIFICATE block has bytes after its certificate",
                 ));
@@ -310,7 +352,7 @@ mod tests {
         assert_eq!(
             der_to_pem(&der),
             cert_pem,
-            "rcgen writes PEM as go-plugin's host does"
+            "OpenSSL writes PEM as go-plugin's host does"
         );
         let field = STANDARD_NO_PAD.encode(&der);
         assert!(!field.contains('=') && !field.contains('\n'));

@@ -860,9 +860,7 @@ fn the_readme_shows_the_compiled_host_example() {
 
 /// A certificate and its key, PEM.
 fn certificate() -> (String, String) {
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
-        .expect("a self-signed certificate");
-    (made.cert.pem(), made.signing_key.serialize_pem())
+    crate::support::self_signed_localhost()
 }
 
 #[test]

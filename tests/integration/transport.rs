@@ -12,7 +12,6 @@ use std::sync::Arc;
 use base64::Engine as _;
 use goplugin::grpcio::{ChannelBuilder, ChannelCredentialsBuilder, EnvBuilder};
 use kv_plugin::proto::{kv::PutRequest, kv_grpc::KvClient};
-use rcgen::{CertificateParams, KeyPair};
 
 use crate::support::{COOKIE, Output, Plugin, Running, plugin_command, run, tempdir};
 
@@ -139,12 +138,7 @@ fn a_socket_path_over_the_limit_falls_back_to_tcp_with_a_warning() {
 }
 
 fn self_signed() -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    (cert.pem(), key.serialize_pem())
+    crate::support::self_signed_localhost()
 }
 
 /// Successful Puts out of three through a channel with `creds`.
