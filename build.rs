@@ -7,6 +7,13 @@
 use std::fs;
 use std::path::PathBuf;
 
+/// The example protocols the documentation's examples serve and call
+/// (copies of `examples/kv-plugin`'s and `examples/counter-plugin`'s, which
+/// a test keeps equal): generated for `goplugin::include_proto!` in doc
+/// tests, as a plugin crate's build script would, and never compiled into
+/// the library. The package's doc tests then need no other crate.
+const DOC_PROTOS: &[&str] = &["proto/doc/kv.proto", "proto/doc/counter.proto"];
+
 /// The protocol files, as vendored in `proto/`.
 const PROTOS: &[&str] = &[
     "proto/grpc/health.proto",
@@ -24,6 +31,13 @@ fn main() {
     let generated = goplugin_build::Builder::new()
         .runtime_path("crate")
         .compile(PROTOS, &["proto/plugin", "proto/grpc"])
+        // One at a time: both are go-plugin's `package proto`, with the
+        // same message names.
+        .and_then(|()| {
+            DOC_PROTOS.iter().try_for_each(|proto| {
+                goplugin_build::Builder::new().compile(&[*proto], &["proto/doc"])
+            })
+        })
         .map_err(|e| e.to_string());
     if let Err(message) = generated.and_then(|()| static_libs()) {
         // A build script reports failure by exiting non-zero; the message is

@@ -37,9 +37,7 @@ struct Job {
 /// work is done.
 ///
 /// ```no_run
-/// # mod kv { pub use kv_plugin::proto::kv::*; }
-/// # mod kv_grpc { pub use kv_plugin::proto::kv_grpc::*; }
-/// // goplugin::include_proto!("kv"): go-plugin's KV example
+/// goplugin::include_proto!("kv"); // go-plugin's KV example
 /// use goplugin::BlockingPool;
 /// use goplugin::grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
 /// use kv::{GetRequest, GetResponse};
@@ -59,7 +57,7 @@ struct Job {
 ///         });
 ///     }
 /// }
-/// # let _ = Store { pool: BlockingPool::new(4) };
+/// # fn main() { let _ = Store { pool: BlockingPool::new(4) }; }
 /// ```
 #[derive(Clone)]
 pub struct BlockingPool {
@@ -353,9 +351,7 @@ pub(crate) fn unavailable(why: &str) -> RpcStatus {
 /// block; blocking ones use [`BlockingPool::unary`].
 ///
 /// ```no_run
-/// # mod kv { pub use kv_plugin::proto::kv::*; }
-/// # mod kv_grpc { pub use kv_plugin::proto::kv_grpc::*; }
-/// // goplugin::include_proto!("kv"): go-plugin's KV example
+/// goplugin::include_proto!("kv"); // go-plugin's KV example
 /// use goplugin::grpcio::{RpcContext, UnarySink};
 /// use kv::{GetRequest, GetResponse};
 /// use kv_grpc::Kv;
@@ -369,6 +365,7 @@ pub(crate) fn unavailable(why: &str) -> RpcStatus {
 ///         goplugin::answer(&ctx, sink, Ok(resp));
 ///     }
 /// }
+/// # fn main() {}
 /// ```
 pub fn answer<T: Send + 'static>(
     ctx: &RpcContext<'_>,

@@ -56,10 +56,8 @@ use crate::transport::{self, BROKER_TIMEOUT as TIMEOUT, Rendezvous, Transport};
 /// `PutRequest.add_server`, and the plugin calls it back.
 ///
 /// ```no_run
+/// goplugin::include_proto!("counter"); // go-plugin's bidirectional example
 /// use goplugin::grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
-/// # mod counter { pub use counter_plugin::proto::counter::*; }
-/// # mod counter_grpc { pub use counter_plugin::proto::counter_grpc::*; }
-/// // goplugin::include_proto!("counter"): go-plugin's bidirectional example
 /// use counter::{Empty, PutRequest, SumRequest};
 /// use counter_grpc::{AddHelperClient, Counter, create_counter};
 /// use goplugin::{BlockingPool, Broker, HandshakeConfig, PluginServer};
@@ -96,13 +94,14 @@ use crate::transport::{self, BROKER_TIMEOUT as TIMEOUT, Rendezvous, Transport};
 ///     magic_cookie_value: "hello",
 /// };
 ///
-/// let builder = PluginServer::builder(HANDSHAKE);
-/// let service = CallsBack {
-///     broker: builder.broker(),
-///     pool: BlockingPool::new(4),
-/// };
-/// builder.service(create_counter(service)).build()?.serve()?;
-/// # Ok::<(), goplugin::Error>(())
+/// fn main() -> Result<(), goplugin::Error> {
+///     let builder = PluginServer::builder(HANDSHAKE);
+///     let service = CallsBack {
+///         broker: builder.broker(),
+///         pool: BlockingPool::new(4),
+///     };
+///     builder.service(create_counter(service)).build()?.serve()
+/// }
 /// ```
 #[derive(Clone, Default)]
 pub struct Broker {

@@ -524,10 +524,17 @@ impl ClientBuilder {
 ///
 /// ```no_run
 /// use std::process::Command;
-/// use goplugin::Client;
-/// use kv_plugin::HANDSHAKE; // the plugin's HandshakeConfig: BASIC_PLUGIN=hello, version 1
-/// use kv_plugin::proto::kv::GetRequest;
-/// use kv_plugin::proto::kv_grpc::KvClient;
+/// use goplugin::{Client, HandshakeConfig};
+///
+/// goplugin::include_proto!("kv"); // go-plugin's KV example: kv::GetRequest, kv_grpc::KvClient
+/// use kv::GetRequest;
+/// use kv_grpc::KvClient;
+///
+/// const HANDSHAKE: HandshakeConfig = HandshakeConfig {
+///     protocol_version: 1,
+///     magic_cookie_key: "BASIC_PLUGIN",
+///     magic_cookie_value: "hello",
+/// };
 ///
 /// fn main() -> Result<(), Box<dyn std::error::Error>> {
 ///     let client = Client::builder(HANDSHAKE)

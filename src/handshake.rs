@@ -176,7 +176,7 @@ impl HandshakeLine {
     /// assert_eq!(line.address, "/tmp/plugin42");
     /// assert_eq!(line.server_cert, None);
     /// assert!(HandshakeLine::parse("listening on port 1234").is_err());
-    /// # Ok::<(), goplugin::handshake::ParseHandshakeError>(())
+    /// # Ok::<(), goplugin::ParseHandshakeError>(())
     /// ```
     pub fn parse(line: &str) -> Result<HandshakeLine, ParseHandshakeError> {
         let line = line.trim();

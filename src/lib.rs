@@ -40,9 +40,7 @@
 //! KV example, whose `kv.proto` has `Get` and `Put`:
 //!
 //! ```no_run
-//! # mod kv { pub use kv_plugin::proto::kv::*; }
-//! # mod kv_grpc { pub use kv_plugin::proto::kv_grpc::*; }
-//! // goplugin::include_proto!("kv");
+//! goplugin::include_proto!("kv");
 //! use goplugin::grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
 //! use goplugin::{BlockingPool, HandshakeConfig};
 //! use kv::{Empty, GetRequest, GetResponse, PutRequest};

@@ -50,7 +50,7 @@ impl BlockingPool {
     /// status OK, `Err` with that status, and a panic with `INTERNAL`.
     ///
     /// ```no_run
-    /// # mod streams { pub use kv_plugin::proto::kv::*; }
+    /// # mod streams { goplugin::include_proto!("kv"); pub use kv::*; }
     /// use goplugin::BlockingPool;
     /// use goplugin::grpcio::{RpcContext, ServerStreamingSink};
     /// # use streams::{GetRequest as CountRequest, GetResponse as Number};
@@ -89,7 +89,7 @@ impl BlockingPool {
     /// answers `INTERNAL`.
     ///
     /// ```no_run
-    /// # mod streams { pub use kv_plugin::proto::kv::*; }
+    /// # mod streams { goplugin::include_proto!("kv"); pub use kv::*; }
     /// use goplugin::BlockingPool;
     /// use goplugin::grpcio::{ClientStreamingSink, RequestStream, RpcContext};
     /// # use streams::{GetResponse as Number};

@@ -592,6 +592,35 @@ impl Drop for Running {
 /// set: gRPC's C++ core, built once for this target dir, is not built
 /// again (asserted). Returns the binary named as the package.
 pub fn build_user_crate(package: &str) -> PathBuf {
+    let mut command = user_cargo();
+    command.current_dir(repo()).args([
+        "build",
+        "--release",
+        "--locked",
+        "--package",
+        package,
+        "--message-format=json",
+    ]);
+    built(command, package)
+}
+
+/// `package`, the crate at `dir` (a project of its own), built with
+/// `config` (cargo's `--config`) into `target`: its binary, once checked
+/// that gRPC's core was not compiled again.
+pub fn build_crate_at(dir: &Path, package: &str, target: &Path, config: &[String]) -> PathBuf {
+    let mut command = user_cargo();
+    command
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", target)
+        .args(["build", "--release", "--message-format=json"]);
+    for value in config {
+        command.arg("--config").arg(value);
+    }
+    built(command, package)
+}
+
+/// cargo, without what cargo set for this test binary.
+fn user_cargo() -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut command = Command::new(cargo);
     // What cargo set for this test binary (CARGO_MANIFEST_DIR, OUT_DIR, …)
@@ -613,14 +642,11 @@ pub fn build_user_crate(package: &str) -> PathBuf {
             command.env_remove(name.as_ref());
         }
     }
-    command.current_dir(repo()).args([
-        "build",
-        "--release",
-        "--locked",
-        "--package",
-        package,
-        "--message-format=json",
-    ]);
+    command
+}
+
+/// Runs a `cargo build --message-format=json` of `package`: its binary.
+fn built(mut command: Command, package: &str) -> PathBuf {
     // No watchdog: compiling goplugin and the crate takes a while on a
     // busy machine, and cargo ends by itself.
     let out = command.output().expect("cargo runs");

@@ -74,7 +74,90 @@ fn method<Req: goplugin::protobuf::Message>(name: &'static str) -> Method<Req, S
 
 #[test]
 fn a_plugin_crate_builds_without_a_second_grpc_core_and_serves_its_own_proto() {
-    let binary = build_user_crate("greeter-plugin");
+    serves_the_greeter(&build_user_crate("greeter-plugin"));
+}
+
+/// goplugin's and goplugin-build's packages (`cargo package`, unpacked)
+/// stand on their own: the library's unit and doc tests pass from its
+/// package, and the README's greeter, built on both packages as a user
+/// outside this repository would (sharing this target dir, so gRPC's core
+/// is not compiled again), runs and answers.
+#[test]
+fn the_packages_test_themselves_and_build_the_greeter() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // <target>/release/build
+    let target = crate::support::example_bin("build")
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the target dir")
+        .to_path_buf();
+    let mut package = Command::new(&cargo);
+    package
+        .args(["package", "--no-verify", "--allow-dirty"])
+        .args(["-p", "goplugin-build", "-p", "goplugin"])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(repo());
+    run(package).assert_success();
+    let unpacked = tempdir();
+    for name in ["goplugin", "goplugin-build"] {
+        let version = env!("CARGO_PKG_VERSION");
+        let mut untar = Command::new("tar");
+        untar
+            .arg("-xzf")
+            .arg(target.join(format!("package/{name}-{version}.crate")))
+            .arg("-C")
+            .arg(unpacked.path());
+        run(untar).assert_success();
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    let library = unpacked.path().join(format!("goplugin-{version}"));
+    let codegen = unpacked.path().join(format!("goplugin-build-{version}"));
+    let patch = format!(
+        "patch.crates-io.goplugin-build.path={:?}",
+        codegen.display().to_string()
+    );
+    // The library's own tests, unit and doc, from its package alone.
+    let mut test = Command::new(&cargo);
+    test.current_dir(&library)
+        .env("CARGO_TARGET_DIR", &target)
+        .args(["test", "--release", "--config", &patch]);
+    let tested = run(test);
+    tested.assert_success();
+    assert!(
+        tested.stderr.contains("Doc-tests goplugin"),
+        "the doc tests ran: {}",
+        tested.stderr
+    );
+    // The greeter as its own project, depending on the unpacked packages.
+    let greeter = unpacked.path().join("greeter-plugin");
+    for file in ["src/main.rs", "build.rs", "proto/greeter.proto"] {
+        let to = greeter.join(file);
+        std::fs::create_dir_all(to.parent().expect("a directory")).expect("mkdir");
+        std::fs::copy(repo().join("examples/greeter-plugin").join(file), &to).expect("copy");
+    }
+    let manifest = std::fs::read_to_string(repo().join("examples/greeter-plugin/Cargo.toml"))
+        .expect("its Cargo.toml")
+        .replace(
+            "path = \"../..\"",
+            &format!("path = {:?}", library.display().to_string()),
+        )
+        .replace(
+            "path = \"../../goplugin-build\"",
+            &format!("path = {:?}", codegen.display().to_string()),
+        );
+    assert!(!manifest.contains("../"), "{manifest}");
+    std::fs::write(greeter.join("Cargo.toml"), manifest + "\n[workspace]\n").expect("write");
+    // The versions this repository builds with: a fresh resolution could
+    // take a newer build dependency of grpcio-sys (cc, cmake), and compile
+    // gRPC's core again (measured: 9 minutes).
+    std::fs::copy(repo().join("Cargo.lock"), greeter.join("Cargo.lock")).expect("Cargo.lock");
+    let binary = crate::support::build_crate_at(&greeter, "greeter-plugin", &target, &[patch]);
+    serves_the_greeter(&binary);
+}
+
+/// Runs a built greeter: refused without its cookie, then called.
+fn serves_the_greeter(binary: &std::path::Path) {
+    let binary = binary.to_path_buf();
     let dir = tempdir();
     let greeter = || {
         let mut command = Command::new(&binary);
@@ -213,4 +296,20 @@ fn each_package_carries_its_licence() {
         std::fs::read_to_string(repo().join("goplugin-build/LICENSE")).expect("its LICENSE"),
         licence
     );
+}
+
+/// The documentation's example protocols (`proto/doc`, which the package
+/// carries for its doc tests) are the example plugins' own.
+#[test]
+fn the_doc_examples_protocols_are_the_example_plugins() {
+    for (doc, example) in [
+        ("proto/doc/kv.proto", "examples/kv-plugin/proto/kv.proto"),
+        (
+            "proto/doc/counter.proto",
+            "examples/counter-plugin/proto/counter.proto",
+        ),
+    ] {
+        let read = |path: &str| std::fs::read_to_string(repo().join(path)).expect(path);
+        assert_eq!(read(doc), read(example), "{doc} differs from {example}");
+    }
 }
