@@ -173,7 +173,7 @@
 //!   static archives. Together with a non-PIE link of the plugin binary
 //!   (its own build script's choice), a plugin starts in about half the
 //!   time and needs no `libssl3` at run time, but gets OpenSSL fixes only
-//!   when rebuilt (see the README's "Faster start-up" and "Security").
+//!   when rebuilt (see the README's "Faster start-up" and docs/security.md).
 //! - `abseil-cpufreq` (off by default): has abseil, inside gRPC's core,
 //!   measure the CPU's cycle-counter frequency right after the handshake,
 //!   on a thread of its own, instead of in the first call that meets a

@@ -5,8 +5,8 @@
 //! directory (kv-plugin's safe keys and atomic writes; changing `key`
 //! replaces the item) and a data source `kv_item { key }` → `value`.
 //!
-//! - Run by Terraform or OpenTofu: as any provider (see the README's
-//!   "Terraform and OpenTofu providers" for the CLI configuration).
+//! - Run by Terraform or OpenTofu: as any provider (see
+//!   docs/terraform-and-opentofu.md for each tool's CLI configuration).
 //! - `terraform-provider-kv -debug [--address ADDRESS]`: debug mode. The
 //!   provider serves until Ctrl-C and prints the `TF_REATTACH_PROVIDERS`
 //!   line to export; `terraform` and `tofu` then use it instead of starting
