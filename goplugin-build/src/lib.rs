@@ -368,6 +368,31 @@ fn write_outputs(
 mod tests {
     use super::*;
 
+    /// The README's code is the crate docs' (which rustdoc compiles): the
+    /// build script and the macro line, as they are.
+    #[test]
+    fn the_readme_shows_the_documented_code() {
+        let readme = include_str!("../README.md");
+        let docs: String = include_str!("lib.rs")
+            .lines()
+            .filter_map(|line| line.strip_prefix("//! ").or(line.strip_prefix("//!")))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let blocks: Vec<&str> = readme
+            .split("```")
+            .skip(1)
+            .step_by(2)
+            .map(|block| block.split_once('\n').map_or("", |(_, code)| code))
+            .collect();
+        assert_eq!(blocks.len(), 2, "{readme}");
+        for block in blocks {
+            assert!(
+                docs.contains(block.trim_end()),
+                "not in the crate docs:\n{block}"
+            );
+        }
+    }
+
     /// Writes `text` as the file `name` under `dir` (directories made).
     pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let path = dir.join(name);
