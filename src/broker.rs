@@ -103,6 +103,34 @@ use crate::transport::{self, BROKER_TIMEOUT as TIMEOUT, Rendezvous, Transport};
 ///     builder.service(create_counter(service)).build()?.serve()
 /// }
 /// ```
+///
+/// Both directions in short, as the README shows them:
+///
+/// ```no_run
+/// # goplugin::include_proto!("counter");
+/// # use counter::SumRequest;
+/// # use counter_grpc::{AddHelper, AddHelperClient, create_add_helper};
+/// # use goplugin::{Broker, HandshakeConfig, PluginServer};
+/// # #[derive(Clone)]
+/// # struct MyHelper;
+/// # impl AddHelper for MyHelper {}
+/// # const HANDSHAKE: HandshakeConfig = HandshakeConfig {
+/// #     protocol_version: 1, magic_cookie_key: "BASIC_PLUGIN", magic_cookie_value: "hello" };
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (id, request) = (1, SumRequest::default());
+/// let builder = PluginServer::builder(HANDSHAKE);
+/// let broker: Broker = builder.broker();   // clone it into your services
+/// // In a handler, with `id` from the host's request:
+/// let channel = broker.dial(id)?;          // waits up to 5 s for the host
+/// let reply = AddHelperClient::new(channel).sum(&request)?;
+/// // The other way: serve something for the host under a fresh id,
+/// // then send `id` to the host in a response.
+/// let id = broker.next_id();
+/// broker.accept_and_serve(id, vec![create_add_helper(MyHelper)])?;
+/// # let _ = reply;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Default)]
 pub struct Broker {
     inner: Arc<Inner>,

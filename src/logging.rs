@@ -7,6 +7,16 @@
 //! lines, and routes gRPC core's own messages through it. It is opt-in: a
 //! library never installs a global logger by itself.
 //!
+//! ```no_run
+//! # use goplugin::log;
+//! # fn main() -> Result<(), goplugin::Error> {
+//! goplugin::logging::init(log::LevelFilter::Info)?;
+//! log::warn!(key = "k"; "disk almost full");
+//! // the host logs: [WARN]  plugin.sh: disk almost full: @module=my_plugin key=k timestamp=…
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Lines go to the real stderr even while the stdio capture forwards
 //! fd 2 to the host, and never panic. Logging never waits for stderr: a
 //! thread of the logger's own writes the lines (waiting at most about a

@@ -42,6 +42,21 @@ impl Tool {
         path
     }
 
+    /// The CLI configuration docs/terraform-and-opentofu.md gives for
+    /// this tool, as it is (the tests use it, so it cannot go stale).
+    fn documented_cli_config(self) -> String {
+        let guide = fs::read_to_string(repo().join("docs/terraform-and-opentofu.md"))
+            .expect("the providers guide");
+        let key = format!("\"{}/goplugin/kv\"", self.registry());
+        guide
+            .split("```hcl\n")
+            .skip(1)
+            .filter_map(|block| block.split("```").next())
+            .find(|block| block.contains(&key))
+            .unwrap_or_else(|| panic!("the guide has no CLI configuration for {key}"))
+            .to_string()
+    }
+
     /// The registry a configuration's `source = "goplugin/kv"` means.
     fn registry(self) -> &'static str {
         match self {
@@ -69,12 +84,12 @@ impl Workspace {
             .expect("the binary's directory")
             .display()
             .to_string();
-        let registry = tool.registry();
         Workspace::with_cli_config(
             tool,
             tls,
-            &format!(
-                "provider_installation {{\n  dev_overrides {{\n    \"{registry}/goplugin/kv\" = \"{provider_dir}\"\n  }}\n  direct {{}}\n}}\n"
+            &tool.documented_cli_config().replace(
+                "/path/to/the/directory/of/terraform-provider-kv",
+                &provider_dir,
             ),
         )
     }

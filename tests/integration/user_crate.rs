@@ -313,3 +313,76 @@ fn the_doc_examples_protocols_are_the_example_plugins() {
         assert_eq!(read(doc), read(example), "{doc} differs from {example}");
     }
 }
+
+/// Every Rust and protobuf block of the README and the guides is code that
+/// builds here, as it is: a file of the examples or the sources, or the
+/// visible lines of a doc example rustdoc compiles.
+#[test]
+fn every_code_block_of_the_docs_is_compiled_code() {
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir)
+            .expect("a source directory")
+            .flatten()
+        {
+            let path = entry.path();
+            if path.is_dir() {
+                files(&path, out);
+            } else if path
+                .extension()
+                .is_some_and(|ext| ext == "rs" || ext == "proto")
+            {
+                out.push(path);
+            }
+        }
+    }
+    let mut sources = Vec::new();
+    for dir in ["src", "goplugin-build/src", "examples"] {
+        files(&repo().join(dir), &mut sources);
+    }
+    let mut corpus = Vec::new();
+    for path in &sources {
+        let text = std::fs::read_to_string(path).expect("a source file");
+        // The visible lines of its doc comments: what rustdoc shows.
+        let docs: Vec<&str> = text
+            .lines()
+            .filter_map(|line| {
+                let line = line.trim_start();
+                let doc = line
+                    .strip_prefix("///")
+                    .or_else(|| line.strip_prefix("//!"))?;
+                Some(doc.strip_prefix(' ').unwrap_or(doc))
+            })
+            .filter(|line| *line != "#" && !line.starts_with("# "))
+            .collect();
+        corpus.push(docs.join("\n"));
+        corpus.push(text);
+    }
+    let mut pages = vec![repo().join("README.md")];
+    for entry in std::fs::read_dir(repo().join("docs"))
+        .expect("docs/")
+        .flatten()
+    {
+        pages.push(entry.path());
+    }
+    let mut checked = 0;
+    for page in pages {
+        let text = std::fs::read_to_string(&page).expect("a page");
+        let mut blocks = text.split("\n```").skip(1);
+        while let Some(block) = blocks.next() {
+            // Every other split is the text between two blocks.
+            let _ = blocks.next();
+            let (lang, code) = block.split_once('\n').unwrap_or((block, ""));
+            if !(lang.starts_with("rust") || lang == "protobuf") {
+                continue;
+            }
+            let code = code.trim_end();
+            assert!(
+                corpus.iter().any(|source| source.contains(code)),
+                "{}: this {lang} block is not code that builds here:\n{code}",
+                page.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} blocks found");
+}
