@@ -21,6 +21,22 @@ pub(crate) fn wait<'a, T>(changed: &Condvar, guard: MutexGuard<'a, T>) -> MutexG
     changed.wait(guard).unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Waits as long as it takes until `take` finds what it looks for in
+/// `shared` (re-checked each time `changed` is notified).
+pub(crate) fn wait_until<S, T>(
+    shared: &Mutex<S>,
+    changed: &Condvar,
+    mut take: impl FnMut(&mut S) -> Option<T>,
+) -> T {
+    let mut guard = lock(shared);
+    loop {
+        if let Some(found) = take(&mut guard) {
+            return found;
+        }
+        guard = wait(changed, guard);
+    }
+}
+
 /// Waits until `take` finds what it looks for in `shared` (re-checked each
 /// time `changed` is notified), or until `deadline`: then `None`.
 pub(crate) fn wait_for<S, T>(

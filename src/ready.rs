@@ -4,7 +4,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::locks::{lock, wait, wait_for};
+use crate::locks::{lock, wait_for, wait_until};
 
 /// Says when [`PluginServer::serve`](crate::PluginServer::serve) has
 /// written and flushed the handshake line (from then on the process's
@@ -72,13 +72,7 @@ impl ReadyHandle {
     /// (`false`).
     pub fn wait(&self) -> bool {
         let (state, changed) = &*self.state;
-        let mut state = lock(state);
-        loop {
-            if let Some(ready) = *state {
-                return ready;
-            }
-            state = wait(changed, state);
-        }
+        wait_until(state, changed, |state| *state)
     }
 
     /// [`wait`](Self::wait), for at most `timeout`: `None` when the server

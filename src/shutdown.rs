@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Condvar, Mutex};
 
-use crate::locks::{lock, wait};
+use crate::locks::{lock, wait_until};
 
 /// Stops a [`PluginServer`](crate::PluginServer)'s
 /// [`serve`](crate::PluginServer::serve) from any thread. Cheap to clone.
@@ -61,12 +61,6 @@ impl ShutdownHandle {
     /// Blocks until a stop is asked for, and says how.
     pub(crate) fn wait(&self) -> Stop {
         let (requested, changed) = &*self.state;
-        let mut requested = lock(requested);
-        loop {
-            if let Some(how) = *requested {
-                return how;
-            }
-            requested = wait(changed, requested);
-        }
+        wait_until(requested, changed, |requested| *requested)
     }
 }
