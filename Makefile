@@ -93,10 +93,10 @@ TERRAFORM := $(BUILD)/terraform/terraform
 GO_PROVIDER := $(BUILD)/go-provider/terraform-provider-kv
 terraform: $(TERRAFORM) $(TOFU) $(GO_PROVIDER)
 
-$(TERRAFORM): tests/fixtures/terraform/build.sh
+$(TERRAFORM): tests/fixtures/terraform/build.sh tests/fixtures/go-module-build.sh
 	tests/fixtures/terraform/build.sh $(BUILD)/terraform
 
-$(TOFU): tests/fixtures/opentofu/build.sh
+$(TOFU): tests/fixtures/opentofu/build.sh tests/fixtures/go-module-build.sh
 	tests/fixtures/opentofu/build.sh $(BUILD)/opentofu
 
 $(GO_PROVIDER): tests/fixtures/go-provider/main.go tests/fixtures/go-provider/go.mod tests/fixtures/go-provider/go.sum
