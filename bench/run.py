@@ -390,13 +390,14 @@ def plot(report, metrics, path):
             top, bottom = max(top, high), min(bottom, low)
         ax.bar([x + i * width for x in range(len(shown))], heights, width, label=name,
                yerr=[below, above], capsize=3, error_kw={"elinewidth": 1})
+    labelled = False
     for x, (key, _, _, _, lower_better) in enumerate(shown):
         if key in targets:
             goal = 1 / targets[key] if lower_better else targets[key]
             top = max(top, goal)
             ax.hlines(goal, x - width / 2, x + width * (len(names) - 0.5), colors="black",
-                      linestyles="dashed", linewidth=1,
-                      label="target" if x == next(i for i, m in enumerate(shown) if m[0] in targets) else None)
+                      linestyles="dashed", linewidth=1, label=None if labelled else "target")
+            labelled = True
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
     ticks = [t for t in (0.25, 0.5, 0.8, 1, 1.2, 1.5, 2, 3, 4, 6, 8) if bottom / 1.2 <= t <= top * 1.2]

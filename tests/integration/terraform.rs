@@ -340,6 +340,15 @@ fn forty_resources(tool: Tool) {
     assert_eq!(ws.value("k0"), None);
 }
 
+/// Ctrl-C (SIGINT) to `child`, as a terminal would send it.
+fn ctrl_c(child: &Child) {
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(sent.success(), "kill -INT {}", child.id());
+}
+
 /// An apply of one slow resource, started: the child, once the provider is
 /// applying.
 fn slow_apply(ws: &Workspace) -> Child {
@@ -385,10 +394,7 @@ fn ctrl_c_during_a_slow_apply(tool: Tool) {
     let ws = Workspace::new(tool, true);
     let mut child = slow_apply(&ws);
     let began = Instant::now();
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill -INT");
+    ctrl_c(&child);
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut stderr)
         .expect("the tool's stderr");
@@ -526,10 +532,7 @@ fn debug_mode(tool: Tool) {
         assert_eq!(providers_in(ws.dir()), [provider.id()]);
     }
     assert_eq!(ws.value("debug"), None);
-    Command::new("kill")
-        .args(["-INT", &provider.id().to_string()])
-        .status()
-        .expect("Ctrl-C");
+    ctrl_c(&provider);
     let status = provider.wait().expect("the provider exits");
     assert!(status.success(), "Ctrl-C ends debug mode cleanly: {status}");
     ws.assert_nothing_left();
@@ -548,11 +551,9 @@ fn a_debug_providers_address_is_its_authors_choice() {
             .collect::<Vec<_>>(),
         ["registry.terraform.io/me/kv"]
     );
-    Command::new("kill")
-        .args(["-INT", &provider.id().to_string()])
-        .status()
-        .expect("Ctrl-C");
-    assert!(provider.wait().expect("exits").success());
+    ctrl_c(&provider);
+    let status = provider.wait().expect("the provider exits");
+    assert!(status.success(), "Ctrl-C ends debug mode cleanly: {status}");
 
     let mut command = Command::new(example_bin("terraform-provider-kv"));
     command

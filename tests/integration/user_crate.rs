@@ -99,8 +99,8 @@ fn the_packages_test_themselves_and_build_the_greeter() {
         .current_dir(repo());
     run(package).assert_success();
     let unpacked = tempdir();
+    let version = env!("CARGO_PKG_VERSION");
     for name in ["goplugin", "goplugin-build"] {
-        let version = env!("CARGO_PKG_VERSION");
         let mut untar = Command::new("tar");
         untar
             .arg("-xzf")
@@ -109,7 +109,6 @@ fn the_packages_test_themselves_and_build_the_greeter() {
             .arg(unpacked.path());
         run(untar).assert_success();
     }
-    let version = env!("CARGO_PKG_VERSION");
     let library = unpacked.path().join(format!("goplugin-{version}"));
     let codegen = unpacked.path().join(format!("goplugin-build-{version}"));
     let patch = format!(
